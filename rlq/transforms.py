@@ -1,0 +1,323 @@
+"""Image transforms: training augmentation, evaluation preprocessing and synthetic
+low-quality (LQ) degradations (method.md sections 4 and 5).
+
+Every random operation takes an explicit ``numpy.random.Generator``; nothing reads
+the global torch / numpy / ``random`` state. The authors reseeded Python's
+``random`` with the data-loader worker id every epoch, so augmentations repeated
+each epoch and on every GPU; `rng_for` derives one independent stream per
+(seed, epoch, rank, worker) instead.
+
+Degradations are split into ``draw_*`` (parameters from an rng) and an apply
+function (deterministic given the parameters), so ranges can be tested and
+evaluation can rebuild the exact same images (`degrade_for_eval`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.functional as TF
+from PIL import Image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Random-erasing fill, written as-is into the *normalised* tensor (CAL convention).
+ERASE_FILL = (0.4914, 0.4822, 0.4465)
+
+# ---------------------------------------------------------------------------
+# Random streams and image loading
+# ---------------------------------------------------------------------------
+
+
+def rng_for(seed: int, epoch: int, rank: int, worker: int) -> np.random.Generator:
+    """Independent generator for one (seed, epoch, process rank, loader worker)."""
+    return np.random.default_rng(np.random.SeedSequence([seed, epoch, rank, worker]))
+
+
+def worker_rng(seed: int, epoch: int, rank: int) -> np.random.Generator:
+    """`rng_for` with the current data-loader worker id (0 in the main process).
+
+    Call it once per epoch inside each worker (e.g. lazily on the first
+    ``__getitem__`` of the epoch) and keep the generator: calling it per sample
+    would restart the same stream for every image.
+    """
+    info = torch.utils.data.get_worker_info()
+    return rng_for(seed, epoch, rank, 0 if info is None else info.id)
+
+
+def load_image(path: str | os.PathLike[str]) -> Image.Image:
+    """Open an image file as RGB, with an error naming the file if that fails."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")  # convert() forces the decode, so truncation fails here
+    except OSError as err:  # includes FileNotFoundError and PIL's UnidentifiedImageError
+        raise RuntimeError(
+            f"cannot load image {os.fspath(path)!r}: expected a readable image file "
+            f"(JPEG/PNG) convertible to RGB ({type(err).__name__}: {err})"
+        ) from err
+
+
+# ---------------------------------------------------------------------------
+# Training / evaluation transforms
+# ---------------------------------------------------------------------------
+
+
+def to_normalised_tensor(img: Image.Image) -> torch.Tensor:
+    """PIL RGB -> float tensor [3, H, W] in [0, 1], then ImageNet-normalised."""
+    return TF.normalize(TF.to_tensor(img), IMAGENET_MEAN, IMAGENET_STD)
+
+
+def random_upscale_crop(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """With p 0.5, upscale by 1.125 (bilinear) and crop a random window of the original size."""
+    if rng.random() >= 0.5:
+        return img
+    width, height = img.size
+    big = img.resize((round(width * 1.125), round(height * 1.125)), Image.Resampling.BILINEAR)
+    left = int(rng.integers(0, big.width - width + 1))
+    top = int(rng.integers(0, big.height - height + 1))
+    return big.crop((left, top, left + width, top + height))
+
+
+def random_hflip(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """Mirror left-right with p 0.5."""
+    if rng.random() >= 0.5:
+        return img
+    return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+
+
+def draw_erase_box(
+    height: int, width: int, rng: np.random.Generator
+) -> tuple[int, int, int, int] | None:
+    """Random-erasing box (top, left, box_height, box_width), or None for no erasing.
+
+    With p 0.5 try up to 100 times to fit a box of area fraction U(0.02, 0.4) and
+    aspect ratio U(0.3, 1/0.3) strictly inside the image; None if nothing fits.
+    """
+    if rng.random() >= 0.5:
+        return None
+    for _ in range(100):
+        area = rng.uniform(0.02, 0.4) * height * width
+        aspect = rng.uniform(0.3, 1 / 0.3)
+        box_h = round(math.sqrt(area * aspect))
+        box_w = round(math.sqrt(area / aspect))
+        if box_h < height and box_w < width:
+            top = int(rng.integers(0, height - box_h + 1))
+            left = int(rng.integers(0, width - box_w + 1))
+            return top, left, box_h, box_w
+    return None
+
+
+def random_erase(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Random erasing on a normalised [3, H, W] tensor; returns a new tensor."""
+    box = draw_erase_box(x.shape[1], x.shape[2], rng)
+    if box is None:
+        return x
+    top, left, box_h, box_w = box
+    x = x.clone()
+    x[:, top : top + box_h, left : left + box_w] = torch.tensor(ERASE_FILL).view(3, 1, 1)
+    return x
+
+
+@dataclass(frozen=True)
+class TrainTransform:
+    """Training augmentation: ``transform(pil_image, rng) -> FloatTensor [3, H, W]``.
+
+    Resize (bilinear) -> p 0.5 upscale-and-crop -> p 0.5 flip -> tensor ->
+    ImageNet normalise -> p 0.5 random erasing.
+    """
+
+    height: int = 384
+    width: int = 192
+
+    def __call__(self, img: Image.Image, rng: np.random.Generator) -> torch.Tensor:
+        img = img.resize((self.width, self.height), Image.Resampling.BILINEAR)
+        img = random_upscale_crop(img, rng)
+        img = random_hflip(img, rng)
+        return random_erase(to_normalised_tensor(img), rng)
+
+
+@dataclass(frozen=True)
+class EvalTransform:
+    """Evaluation preprocessing: ``transform(pil_image) -> FloatTensor [3, H, W]``.
+
+    Resize (bilinear) + ImageNet normalise. It takes no rng because nothing in it
+    is random; synthetic LQ evaluation degrades the PIL image first
+    (`degrade_for_eval`).
+    """
+
+    height: int = 384
+    width: int = 192
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        img = img.resize((self.width, self.height), Image.Resampling.BILINEAR)
+        return to_normalised_tensor(img)
+
+
+# ---------------------------------------------------------------------------
+# Synthetic low-quality degradations
+# ---------------------------------------------------------------------------
+
+
+def draw_pixelate(rng: np.random.Generator) -> dict[str, int]:
+    """Shorter side after downscaling: uniform integer in 16..63."""
+    return {"size": int(rng.integers(16, 64))}
+
+
+def pixelate(img: Image.Image, size: int) -> Image.Image:
+    """Bicubic resize so the shorter side is ``size``, keeping the aspect ratio.
+
+    The image stays small: the later Resize to the network input brings it back up.
+    """
+    width, height = img.size
+    scale = size / min(width, height)
+    new_size = (size, round(height * scale)) if width <= height else (round(width * scale), size)
+    return img.resize(new_size, Image.Resampling.BICUBIC)
+
+
+def draw_motion(rng: np.random.Generator) -> dict[str, int]:
+    """Motion-blur kernel size in 8..19 and angle in 0..179 degrees (integers)."""
+    return {"kernel_size": int(rng.integers(8, 20)), "angle": int(rng.integers(0, 180))}
+
+
+def motion_kernel(kernel_size: int, angle: float) -> torch.Tensor:
+    """[k, k] kernel: a 1-pixel-wide line through the centre, normalised to sum 1.
+
+    ``angle`` is in degrees, counter-clockwise from the +x axis as seen on screen
+    (rows grow downwards): 0 is horizontal, 90 vertical, 45 runs bottom-left to
+    top-right. One pixel per step along the dominant axis, so the line is exactly
+    ``k`` pixels long. For even ``k`` the centre falls between pixels; the line
+    goes through pixel (k // 2, k // 2), which `motion_blur` aligns with the output.
+    """
+    theta = math.radians(angle)
+    # Rounded because cos(90 deg) is 6e-17, not 0, which would tip even-k lines off centre.
+    dx, dy = round(math.cos(theta), 12), round(-math.sin(theta), 12)
+    centre = (kernel_size - 1) / 2
+    steps = np.arange(kernel_size)
+    if abs(dx) >= abs(dy):  # mostly horizontal: one pixel per column
+        cols = steps
+        rows = np.floor(centre + (steps - centre) * dy / dx + 0.5).astype(int)
+    else:  # mostly vertical: one pixel per row
+        rows = steps
+        cols = np.floor(centre + (steps - centre) * dx / dy + 0.5).astype(int)
+    kernel = torch.zeros(kernel_size, kernel_size)
+    kernel[torch.from_numpy(rows), torch.from_numpy(cols)] = 1.0 / kernel_size
+    return kernel
+
+
+def motion_blur(img: Image.Image, kernel_size: int, angle: float) -> Image.Image:
+    """Convolve every channel with `motion_kernel`; same size, reflect padding.
+
+    Even kernels are padded asymmetrically (k//2 before, k//2 - 1 after) so the
+    output keeps the input size and pixel (k//2, k//2) of the kernel sits on the
+    output pixel. The image must be larger than the padding on both axes.
+    """
+    x = TF.pil_to_tensor(img).float().unsqueeze(0)  # [1, C, H, W]
+    channels = x.shape[1]
+    before, after = kernel_size // 2, (kernel_size - 1) // 2
+    x = F.pad(x, (before, after, before, after), mode="reflect")
+    weight = motion_kernel(kernel_size, angle).expand(channels, 1, kernel_size, kernel_size)
+    y = F.conv2d(x, weight, groups=channels)[0]
+    return TF.to_pil_image(y.round().clamp(0, 255).to(torch.uint8), mode=img.mode)
+
+
+def draw_gaussian(rng: np.random.Generator) -> dict[str, Any]:
+    """Out-of-focus blur: odd kernel size uniform in {5, 7, ..., 21}, sigma ~ U(0.1, 2.0)."""
+    return {"kernel_size": 2 * int(rng.integers(2, 11)) + 1, "sigma": float(rng.uniform(0.1, 2.0))}
+
+
+def gaussian_blur(img: Image.Image, kernel_size: int, sigma: float) -> Image.Image:
+    """Isotropic Gaussian blur, same size (torchvision, reflect padding)."""
+    return TF.gaussian_blur(img, [kernel_size, kernel_size], [sigma, sigma])
+
+
+Draw = Callable[[np.random.Generator], dict[str, Any]]
+# kind -> (draw parameters from an rng, apply them to a PIL image)
+DEGRADATIONS: dict[str, tuple[Draw, Callable[..., Image.Image]]] = {
+    "pixelate": (draw_pixelate, pixelate),
+    "motion": (draw_motion, motion_blur),
+    "gaussian": (draw_gaussian, gaussian_blur),
+}
+
+_WITH_MOTION = {"pixelate": 0.33, "motion": 0.30, "gaussian": 0.37}
+_WITHOUT_MOTION = {"pixelate": 0.5, "gaussian": 0.5}
+# Probability of each degradation in the "mix", by target dataset.
+MIXES: dict[str, dict[str, float]] = {
+    "ltcc": _WITH_MOTION,
+    "last": _WITH_MOTION,
+    "celeb": _WITH_MOTION,
+    "synthetic": _WITH_MOTION,
+    "prcc": _WITHOUT_MOTION,
+    "deepchange": _WITHOUT_MOTION,
+}
+
+
+def mix_for(dataset: str) -> dict[str, float]:
+    """Degradation probabilities of the mix used for ``dataset`` (case-insensitive)."""
+    try:
+        return MIXES[dataset.lower()]
+    except KeyError:
+        raise ValueError(
+            f"unknown dataset {dataset!r} for the low-quality mix; known: {sorted(MIXES)}"
+        ) from None
+
+
+def draw_kind(dataset: str, rng: np.random.Generator) -> str:
+    """Pick one degradation kind with the dataset's mix probabilities."""
+    mix = mix_for(dataset)
+    kinds = list(mix)
+    return kinds[rng.choice(len(kinds), p=list(mix.values()))]
+
+
+def degrade(
+    img: Image.Image, kind: str, rng: np.random.Generator, dataset: str | None = None
+) -> Image.Image:
+    """Synthetic low-quality copy of ``img`` (RGB out).
+
+    ``kind`` is one of `DEGRADATIONS` or ``"mix"``; the mix draws the kind with
+    the probabilities of ``dataset`` (required for it, see `MIXES`). The single
+    kinds accept any kind for any dataset (e.g. all-motion evaluation on PRCC).
+    """
+    if kind == "mix":
+        if dataset is None:
+            raise ValueError("kind='mix' needs the target dataset to pick its probabilities")
+        kind = draw_kind(dataset, rng)
+    elif dataset is not None:
+        mix_for(dataset)  # a misspelt dataset fails here too, not only under "mix"
+    if kind not in DEGRADATIONS:
+        raise ValueError(f"unknown degradation {kind!r}; expected one of {[*DEGRADATIONS, 'mix']}")
+    draw, apply = DEGRADATIONS[kind]
+    return apply(img.convert("RGB"), **draw(rng))
+
+
+def degrade_for_eval(
+    img: Image.Image, kind: str, dataset: str | None, index: int, seed: int = 0
+) -> Image.Image:
+    """`degrade` with a generator derived from (seed, index) alone.
+
+    The result depends only on (image, kind, dataset, index, seed), so every
+    evaluation run sees the same degraded query/gallery images. ``index`` is the
+    image's position in its evaluation split.
+    """
+    return degrade(img, kind, np.random.default_rng([seed, index]), dataset)
+
+
+def tad_pair(
+    img: Image.Image,
+    dataset: str,
+    transform: TrainTransform,
+    rng: np.random.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(HQ, LQ) training views of one external image for a TAD step.
+
+    LQ is the dataset's degradation mix applied to the original image; each view
+    then goes through ``transform`` independently (its own crop/flip/erase draws).
+    """
+    low = degrade(img, "mix", rng, dataset)
+    return transform(img, rng), transform(low, rng)

@@ -1,0 +1,320 @@
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from rlq.transforms import (
+    DEGRADATIONS,
+    ERASE_FILL,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    EvalTransform,
+    TrainTransform,
+    degrade,
+    degrade_for_eval,
+    draw_erase_box,
+    draw_gaussian,
+    draw_kind,
+    draw_motion,
+    draw_pixelate,
+    gaussian_blur,
+    load_image,
+    mix_for,
+    motion_blur,
+    motion_kernel,
+    pixelate,
+    random_erase,
+    random_hflip,
+    rng_for,
+    tad_pair,
+    worker_rng,
+)
+
+H, W = 64, 32  # small input size keeps the tests fast
+
+
+def noise_image(width: int = 50, height: int = 110, seed: int = 0) -> Image.Image:
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+def left_right_image(width: int, height: int) -> Image.Image:
+    """Black left half, white right half."""
+    pixels = np.zeros((height, width, 3), dtype=np.uint8)
+    pixels[:, width // 2 :] = 255
+    return Image.fromarray(pixels)
+
+
+# --- random streams, loading -------------------------------------------------
+
+
+def test_rng_for_same_key_same_stream_and_each_key_part_matters():
+    first = rng_for(1, 2, 3, 4).random(8)
+    assert np.array_equal(first, rng_for(1, 2, 3, 4).random(8))
+    for key in [(0, 2, 3, 4), (1, 0, 3, 4), (1, 2, 0, 4), (1, 2, 3, 0)]:
+        assert not np.array_equal(first, rng_for(*key).random(8))
+
+
+def test_worker_rng_in_main_process_is_worker_zero():
+    assert np.array_equal(worker_rng(5, 1, 2).random(4), rng_for(5, 1, 2, 0).random(4))
+
+
+def test_load_image_converts_to_rgb(tmp_path):
+    path = tmp_path / "gray.png"
+    Image.new("L", (7, 9), 128).save(path)
+    img = load_image(path)
+    assert img.mode == "RGB" and img.size == (7, 9)
+
+
+@pytest.mark.parametrize("content", [None, b"not an image"])
+def test_load_image_error_names_the_file(tmp_path, content):
+    path = tmp_path / "broken.jpg"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(RuntimeError, match="broken.jpg"):
+        load_image(path)
+
+
+# --- train / eval transforms -------------------------------------------------
+
+
+def test_train_transform_shape_dtype_and_default_size():
+    out = TrainTransform(H, W)(noise_image(), rng_for(0, 0, 0, 0))
+    assert out.shape == (3, H, W) and out.dtype == torch.float32
+    assert TrainTransform()(noise_image(), rng_for(0, 0, 0, 0)).shape == (3, 384, 192)
+
+
+def test_train_transform_reproducible_per_key_and_varies_across_keys():
+    transform, img = TrainTransform(H, W), noise_image()
+
+    def run(*key: int) -> torch.Tensor:
+        rng = rng_for(*key)
+        return torch.stack([transform(img, rng) for _ in range(4)])  # several draws per key
+
+    reference = run(0, 0, 0, 0)
+    assert torch.equal(reference, run(0, 0, 0, 0))
+    for key in [(1, 0, 0, 0), (0, 1, 0, 0), (0, 0, 1, 0), (0, 0, 0, 1)]:
+        assert not torch.equal(reference, run(*key))
+
+
+def test_eval_transform_is_deterministic_resize_and_normalise():
+    img = noise_image()
+    out = EvalTransform(H, W)(img)
+    assert torch.equal(out, EvalTransform(H, W)(img))
+    resized = np.asarray(img.resize((W, H), Image.Resampling.BILINEAR), dtype=np.float32) / 255
+    manual = (resized - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+    torch.testing.assert_close(out, torch.from_numpy(manual.transpose(2, 0, 1)).float())
+
+
+def test_random_hflip_mirrors_or_keeps_with_half_probability():
+    img = left_right_image(8, 4)
+    mirrored = np.asarray(img)[:, ::-1]
+    rng = np.random.default_rng(0)
+    flips = 0
+    for _ in range(400):
+        out = np.asarray(random_hflip(img, rng))
+        assert np.array_equal(out, mirrored) or np.array_equal(out, np.asarray(img))
+        flips += np.array_equal(out, mirrored)
+    assert 150 < flips < 250
+
+
+def test_train_transform_flips_about_half_the_time():
+    # The crop shifts by at most W/8 and erasing fills ~0.48, between the normalised
+    # black (~-2) and white (~+2.2) halves, so the darker outer quarter shows the side.
+    img, rng, transform = left_right_image(W, H), rng_for(0, 0, 0, 0), TrainTransform(H, W)
+    flipped = 0
+    for _ in range(200):
+        out = transform(img, rng)
+        left, right = out[:, :, : W // 4].mean(), out[:, :, -W // 4 :].mean()
+        assert left != right
+        flipped += bool(left > right)
+    assert 70 < flipped < 130
+
+
+def test_erase_boxes_respect_probability_area_and_aspect():
+    rng = np.random.default_rng(0)
+    boxes = [draw_erase_box(384, 192, rng) for _ in range(2000)]
+    drawn = [b for b in boxes if b is not None]
+    assert 0.45 < len(drawn) / len(boxes) < 0.55
+    for top, left, h, w in drawn:
+        assert 0 <= top and top + h <= 384 and 0 <= left and left + w <= 192
+        assert h < 384 and w < 192
+    fractions = np.array([h * w / (384 * 192) for _, _, h, w in drawn])
+    aspects = np.array([h / w for _, _, h, w in drawn])
+    assert fractions.min() > 0.018 and fractions.max() < 0.42  # h, w are rounded
+    assert fractions.min() < 0.03 and fractions.max() > 0.35
+    assert aspects.min() > 0.28 and aspects.max() < 3.5
+
+
+def test_random_erase_writes_the_constants_in_one_box():
+    x = torch.full((3, H, W), -7.0)
+    rng = np.random.default_rng(0)
+    erased = 0
+    for _ in range(50):
+        out = random_erase(x, rng)
+        assert torch.equal(x, torch.full((3, H, W), -7.0))  # input untouched
+        changed = out != -7.0
+        if not changed.any():
+            continue
+        erased += 1
+        rows = changed[0].any(dim=1).nonzero().flatten()
+        cols = changed[0].any(dim=0).nonzero().flatten()
+        box = out[:, rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+        fill = torch.tensor(ERASE_FILL).view(3, 1, 1).expand_as(box)
+        assert torch.equal(box, fill)  # a full rectangle, exactly the constants
+        assert changed.sum() == 3 * box.shape[1] * box.shape[2]
+    assert 10 < erased < 40
+
+
+# --- degradations ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [(50, 110), (110, 50)])
+def test_pixelate_shorter_side_and_aspect(size):
+    img = noise_image(*size)
+    out = pixelate(img, 20)
+    assert out.mode == "RGB" and min(out.size) == 20
+    assert abs(out.size[0] / out.size[1] - size[0] / size[1]) < 0.05
+
+
+@pytest.mark.parametrize(
+    ("apply", "params"),
+    [
+        (motion_blur, {"kernel_size": 8, "angle": 30}),
+        (motion_blur, {"kernel_size": 19, "angle": 100}),
+        (gaussian_blur, {"kernel_size": 21, "sigma": 2.0}),
+    ],
+)
+def test_blurs_keep_size_and_mode_and_change_pixels(apply, params):
+    img = noise_image()
+    out = apply(img, **params)
+    assert out.mode == "RGB" and out.size == img.size
+    assert not np.array_equal(np.asarray(out), np.asarray(img))
+
+
+def test_blurs_keep_constant_image_constant():
+    img = Image.new("RGB", (40, 90), (10, 200, 77))
+    for out in [motion_blur(img, 8, 37), motion_blur(img, 15, 120), gaussian_blur(img, 9, 1.5)]:
+        assert np.array_equal(np.asarray(out), np.asarray(img))
+
+
+def test_motion_blur_of_an_impulse_is_the_kernel():
+    pixels = np.zeros((41, 41), dtype=np.uint8)
+    pixels[20, 20] = 255
+    for k, angle in [(9, 30), (10, 135)]:
+        out = np.asarray(motion_blur(Image.fromarray(pixels).convert("RGB"), k, angle))[..., 0]
+        expected = np.zeros((41, 41))
+        # cross-correlation: output[y, x] = sum kernel[i, j] img[y + i - k//2, x + j - k//2]
+        kernel = motion_kernel(k, angle).numpy()[::-1, ::-1] * 255
+        expected[20 - (k - 1) // 2 : 20 + k // 2 + 1, 20 - (k - 1) // 2 : 20 + k // 2 + 1] = kernel
+        assert np.abs(out - np.round(expected)).max() <= 1
+
+
+@pytest.mark.parametrize("k", [8, 9, 12, 19])
+def test_motion_kernel_axis_aligned_lines(k):
+    row, col = np.zeros((k, k)), np.zeros((k, k))
+    row[k // 2, :] = 1 / k
+    col[:, k // 2] = 1 / k
+    torch.testing.assert_close(motion_kernel(k, 0), torch.from_numpy(row).float())
+    torch.testing.assert_close(motion_kernel(k, 90), torch.from_numpy(col).float())
+
+
+def test_motion_kernel_45_degrees_is_the_anti_diagonal():
+    expected = np.fliplr(np.eye(9)) / 9  # bottom-left to top-right
+    torch.testing.assert_close(motion_kernel(9, 45), torch.from_numpy(expected.copy()).float())
+
+
+@pytest.mark.parametrize("k", [8, 11, 19])
+@pytest.mark.parametrize("angle", [0, 17, 45, 63, 90, 112, 150, 179])
+def test_motion_kernel_is_a_unit_sum_line_through_the_centre_at_the_angle(k, angle):
+    kernel = motion_kernel(k, angle)
+    assert torch.isclose(kernel.sum(), torch.tensor(1.0))
+    rows, cols = kernel.nonzero().T.float()
+    assert len(rows) == k  # one pixel per step along the dominant axis
+    # Every pixel lies within half a pixel of the ideal line through the kernel's
+    # geometric centre; with one pixel per step along the dominant axis this pins
+    # both the position and the angle (a wrong axis would be off by up to k/2).
+    theta = math.radians(angle)
+    x, y = cols - (k - 1) / 2, (k - 1) / 2 - rows  # y points up
+    distance = (x * math.sin(theta) - y * math.cos(theta)).abs()
+    assert distance.max() <= 0.5 + 1e-6
+    dominant = cols if abs(math.cos(theta)) >= abs(math.sin(theta)) else rows
+    assert sorted(dominant.tolist()) == list(range(k))
+
+
+def test_draw_parameter_ranges():
+    rng = np.random.default_rng(0)
+    sizes = [draw_pixelate(rng)["size"] for _ in range(3000)]
+    motions = [draw_motion(rng) for _ in range(3000)]
+    gaussians = [draw_gaussian(rng) for _ in range(3000)]
+    assert min(sizes) == 16 and max(sizes) == 63
+    assert set(sizes) == set(range(16, 64))
+    assert {m["kernel_size"] for m in motions} == set(range(8, 20))
+    assert {m["angle"] for m in motions} == set(range(0, 180))
+    assert {g["kernel_size"] for g in gaussians} == set(range(5, 22, 2))
+    sigmas = np.array([g["sigma"] for g in gaussians])
+    assert 0.1 <= sigmas.min() < 0.11 and 1.99 < sigmas.max() < 2.0
+
+
+def test_mix_frequencies_match_the_spec():
+    rng = np.random.default_rng(0)
+    for dataset, expected in [
+        ("ltcc", {"pixelate": 0.33, "motion": 0.30, "gaussian": 0.37}),
+        ("prcc", {"pixelate": 0.5, "gaussian": 0.5}),
+    ]:
+        counts = Counter(draw_kind(dataset, rng) for _ in range(3000))
+        assert set(counts) == set(expected)
+        for kind, p in expected.items():
+            assert abs(counts[kind] / 3000 - p) < 0.03
+
+
+def test_mix_tables_cover_all_datasets():
+    for name in ["ltcc", "last", "celeb", "synthetic"]:
+        assert mix_for(name) == {"pixelate": 0.33, "motion": 0.30, "gaussian": 0.37}
+    for name in ["prcc", "DeepChange"]:
+        assert mix_for(name) == {"pixelate": 0.5, "gaussian": 0.5}
+
+
+def test_unknown_dataset_and_kind_errors():
+    with pytest.raises(ValueError, match="known:.*ltcc"):
+        mix_for("market")
+    with pytest.raises(ValueError, match="pixelate"):
+        degrade(noise_image(), "jpeg", np.random.default_rng(0))
+    with pytest.raises(ValueError, match="dataset"):
+        degrade(noise_image(), "mix", np.random.default_rng(0))
+    with pytest.raises(ValueError, match="known:"):
+        degrade_for_eval(noise_image(), "pixelate", "ltc", 0)
+
+
+@pytest.mark.parametrize("kind", [*DEGRADATIONS, "mix"])
+def test_degrade_outputs_rgb(kind):
+    img = noise_image().convert("L")
+    out = degrade(img, kind, np.random.default_rng(0), "ltcc")
+    assert isinstance(out, Image.Image) and out.mode == "RGB"
+    if kind in ("motion", "gaussian"):
+        assert out.size == img.size
+
+
+@pytest.mark.parametrize("kind", [*DEGRADATIONS, "mix"])
+def test_degrade_for_eval_is_deterministic_per_index(kind):
+    img = noise_image()
+    outs = [np.asarray(degrade_for_eval(img, kind, "ltcc", index)) for index in range(4)]
+    again = [np.asarray(degrade_for_eval(img, kind, "ltcc", index)) for index in range(4)]
+    assert all(np.array_equal(a, b) for a, b in zip(outs, again))
+    assert not all(np.array_equal(outs[0], o) for o in outs[1:])
+    other_seed = np.asarray(degrade_for_eval(img, kind, "ltcc", 0, seed=1))
+    assert not np.array_equal(outs[0], other_seed)
+
+
+def test_tad_pair_shapes_and_independent_views():
+    img, transform = noise_image(), TrainTransform(H, W)
+    hq, lq = tad_pair(img, "prcc", transform, np.random.default_rng(0))
+    assert hq.shape == lq.shape == (3, H, W)
+    assert not torch.equal(hq, lq)
+    again = tad_pair(img, "prcc", transform, np.random.default_rng(0))
+    assert torch.equal(hq, again[0]) and torch.equal(lq, again[1])
