@@ -1,0 +1,166 @@
+"""Checkpoints: atomic writes, clear read errors, fit checks, provenance and RNG states.
+
+A checkpoint is a plain dict saved with `torch.save`. Every one we write carries
+how it was made (`provenance`): the script's full config, the dataset and its
+class counts, the architecture, backbone and architecture options, the input
+size, and the code version (rlq.__version__ and the git commit when the code
+lives in a git checkout). `model_from_checkpoint` rebuilds the model from these
+entries alone. Everything in a checkpoint is a tensor or a plain Python value,
+so it loads with `torch.load(weights_only=True)`.
+
+Entries: `model` (state dict), `arch`, `backbone`, `arch_kwargs`, `classes`
+({num_pids, num_clothes, ...}), `dataset`, `input_size` ([H, W]), `config`,
+`version`; training scripts add `epoch` (epochs completed), `best`, and in
+last.pt the state to resume from (optimizers, scheduler, per-rank RNG states).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import rlq
+from rlq.model import build_model
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file cannot be read, or does not fit the model it is loaded into."""
+
+
+def code_version() -> dict[str, str | None]:
+    """rlq's version and, when run from a git checkout, its commit (with '-dirty' for local changes)."""
+    commit = None
+    try:
+        cwd = Path(rlq.__file__).resolve().parent
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True, check=True).stdout
+        commit += "-dirty" if dirty.strip() else ""
+    except (OSError, subprocess.CalledProcessError):
+        pass  # not a git checkout (e.g. an installed wheel), or git is missing
+    return {"rlq": rlq.__version__, "git": commit}
+
+
+def plain(value: Any) -> Any:
+    """A config value as plain Python (paths -> str, tuples -> lists) for checkpoints and JSON."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    return value
+
+
+def provenance(config: dict, arch: str, backbone: str, arch_kwargs: dict, classes: dict, dataset: str,
+               input_size: tuple[int, int]) -> dict:
+    """The checkpoint entries that say how a model was made and let `model_from_checkpoint` rebuild it."""
+    return {
+        "config": plain(config),
+        "arch": arch,
+        "backbone": backbone,
+        "arch_kwargs": plain(arch_kwargs),
+        "classes": classes,
+        "dataset": dataset,
+        "input_size": list(input_size),
+        "version": code_version(),
+    }
+
+
+def save_atomic(obj: dict, path: Path) -> None:
+    """torch.save to a temporary file beside `path`, then rename: a kill never leaves half a checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Read a checkpoint onto the CPU, with an error naming the file if it is missing, truncated or foreign."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint '{path}' does not exist")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for damaged files
+        raise CheckpointError(
+            f"cannot read checkpoint '{path}': the file is truncated, damaged or not a checkpoint "
+            f"written by this project ({type(error).__name__}: {error})"
+        ) from error
+    if not isinstance(checkpoint, dict) or "model" not in checkpoint:
+        raise CheckpointError(f"'{path}' is not a checkpoint written by this project (no 'model' entry)")
+    return checkpoint
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "x".join(map(str, t.shape)) or "scalar"
+
+
+def _listed(title: str, items: list[str], limit: int = 20) -> str:
+    shown = items[:limit] + ([f"... ({len(items) - limit} more)"] if len(items) > limit else [])
+    return f"  {title} ({len(items)}):\n" + "\n".join(f"    {item}" for item in shown)
+
+
+def load_state_checked(module: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """load_state_dict that, on any mismatch, raises one error listing every mismatched, missing and unexpected key."""
+    own = module.state_dict()
+    mismatched = [f"{k}: checkpoint {_shape(v)}, model {_shape(own[k])}" for k, v in state_dict.items() if k in own and own[k].shape != v.shape]
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    if mismatched or missing or unexpected:
+        parts = [(t, i) for t, i in (("shape mismatches", mismatched), ("missing from the checkpoint", missing), ("unexpected in the checkpoint", unexpected)) if i]
+        raise CheckpointError(
+            f"{source} does not fit the {type(module).__name__} built for it:\n" + "\n".join(_listed(t, i) for t, i in parts)
+        )
+    module.load_state_dict(state_dict)
+
+
+def rng_states() -> dict:
+    """This process's global RNG states (torch CPU/CUDA, numpy, random) as weights_only-loadable values."""
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    states = {
+        "torch": torch.get_rng_state(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state()
+    return states
+
+
+def rng_states_of_all_processes() -> list[dict]:
+    """`rng_states` of every process, in rank order (a collective: call it on every process)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [rng_states()]
+    # accelerate.utils.gather_object skips CPU process groups, so gather with torch.distributed itself.
+    states = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(states, rng_states())
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    name, keys, position, has_gauss, cached = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state(states["cuda"])
+
+
+def model_from_checkpoint(checkpoint: dict, source: Path) -> nn.Module:
+    """The model a checkpoint describes, with its weights (no ImageNet download: every weight comes from the file)."""
+    model = build_model(checkpoint["arch"], checkpoint["classes"]["num_pids"], checkpoint["backbone"], pretrained=False,
+                        **checkpoint["arch_kwargs"])
+    load_state_checked(model, checkpoint["model"], f"checkpoint '{source}' ({checkpoint['arch']}, {checkpoint['backbone']})")
+    return model

@@ -1,0 +1,124 @@
+"""Multi-process feature extraction and a dataset's retrieval evaluations.
+
+Every process extracts features for its shard of a split (Accelerate splits the
+batches); features and sample indices are gathered with padding removed and put
+back in dataset order, so every process ends with the same [N, D] matrix. The
+ranking itself (`rlq.metrics.evaluate`) runs on the main process only.
+"""
+
+from __future__ import annotations
+
+import torch
+from accelerate import Accelerator
+
+from rlq.data import Evaluation, Sample, format_table
+from rlq.loaders import eval_loader
+from rlq.metrics import evaluate
+
+METRIC_COLUMNS = ("top1", "top5", "top10", "top20", "mAP", "mINP")
+
+
+@torch.no_grad()
+def extract_features(
+    model: torch.nn.Module,
+    samples: list[Sample],
+    accelerator: Accelerator,
+    *,
+    height: int,
+    width: int,
+    batch_size: int,
+    num_workers: int,
+) -> torch.Tensor:
+    """Flip-summed, L2-normalised retrieval features [N, D] (float32, CPU) of `samples`, in their order.
+
+    `model` is the bare model (not DDP-wrapped); it is put in eval mode for the
+    extraction and back into its previous mode afterwards.
+    """
+    loader = accelerator.prepare_data_loader(eval_loader(samples, height, width, batch_size, num_workers))
+    was_training = model.training
+    model.eval()
+    features, indices = [], []
+    for images, index in loader:
+        images = images.to(accelerator.device, memory_format=torch.channels_last)
+        with accelerator.autocast():
+            batch_features = model.retrieval_features(images)
+        batch_features, index = accelerator.gather_for_metrics((batch_features, index.to(accelerator.device)))
+        features.append(batch_features.float().cpu())
+        indices.append(index.cpu())
+    model.train(was_training)
+    return _in_dataset_order(torch.cat(features), torch.cat(indices), len(samples))
+
+
+def _in_dataset_order(features: torch.Tensor, indices: torch.Tensor, num_samples: int) -> torch.Tensor:
+    counts = torch.bincount(indices, minlength=num_samples)
+    if len(indices) != num_samples or not torch.all(counts == 1):
+        raise RuntimeError(
+            f"gathered {len(indices)} features for {num_samples} images, "
+            f"{int((counts == 0).sum())} images missing and {int((counts > 1).sum())} repeated"
+        )
+    ordered = torch.empty_like(features)
+    ordered[indices] = features
+    return ordered
+
+
+def split_features(
+    model: torch.nn.Module,
+    splits: dict[str, list[Sample]],
+    evaluations: list[Evaluation],
+    accelerator: Accelerator,
+    **loader_options,
+) -> dict[str, torch.Tensor]:
+    """Features of every split the evaluations use, each extracted once."""
+    names = dict.fromkeys(name for e in evaluations for name in (e.query_split, e.gallery_split))
+    return {name: extract_features(model, splits[name], accelerator, **loader_options) for name in names}
+
+
+def _labels(samples: list[Sample], field: str) -> torch.Tensor:
+    return torch.tensor([getattr(s, field) for s in samples], dtype=torch.long)
+
+
+def run_evaluation(evaluation: Evaluation, splits: dict[str, list[Sample]], features: dict[str, torch.Tensor]) -> dict:
+    """Metrics of one protocol run (fractions in [0, 1], query counts)."""
+    query, gallery = splits[evaluation.query_split], splits[evaluation.gallery_split]
+    return evaluate(
+        features[evaluation.query_split],
+        features[evaluation.gallery_split],
+        _labels(query, "pid"),
+        _labels(gallery, "pid"),
+        _labels(query, "camid"),
+        _labels(gallery, "camid"),
+        _labels(query, "clothes_id"),
+        _labels(gallery, "clothes_id"),
+        protocol=evaluation.protocol,
+    )
+
+
+def evaluate_model(
+    model: torch.nn.Module,
+    splits: dict[str, list[Sample]],
+    evaluations: list[Evaluation],
+    accelerator: Accelerator,
+    **loader_options,
+) -> dict[str, dict]:
+    """Run every evaluation: all processes extract, the main process ranks.
+
+    Returns {evaluation name: metrics} on the main process and {} on the others.
+    """
+    features = split_features(model, splits, evaluations, accelerator, **loader_options)
+    if not accelerator.is_main_process:
+        return {}
+    return {e.name: run_evaluation(e, splits, features) for e in evaluations}
+
+
+def headline_key(results: dict[str, dict], headline: str) -> tuple[float, float]:
+    """(top-1, mAP) of the headline evaluation, both from the same run: compare tuples to pick the best."""
+    return results[headline]["top1"], results[headline]["mAP"]
+
+
+def results_table(results: dict[str, dict]) -> str:
+    """Metrics in percent with one decimal, plus valid / all queries."""
+    rows = []
+    for name, m in results.items():
+        total = m["num_valid_queries"] + m["num_skipped_queries"]
+        rows.append([name, *(f"{100 * m[c]:.1f}" for c in METRIC_COLUMNS), f"{m['num_valid_queries']}/{total}"])
+    return format_table(["protocol", "top-1", "top-5", "top-10", "top-20", "mAP", "mINP", "valid queries"], rows)

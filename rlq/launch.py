@@ -1,0 +1,27 @@
+"""A guard for multi-process launches that Accelerate would silently run as independent single processes."""
+
+from __future__ import annotations
+
+import os
+
+from accelerate import Accelerator
+
+
+class LaunchError(RuntimeError):
+    """The launcher started several processes, but they do not form one Accelerate process group."""
+
+
+def check_launch(accelerator: Accelerator) -> None:
+    """Fail fast when WORLD_SIZE processes were launched but Accelerate sees another number.
+
+    Without a GPU, Accelerate forms a CPU process group only when told to use the
+    CPU; otherwise each launched process runs the whole job alone and they all
+    write the same files. (`accelerate launch --cpu --num_processes N` starts a
+    single process unless an MPI hostfile is given.)
+    """
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != accelerator.num_processes:
+        raise LaunchError(
+            f"{launched} processes were launched but Accelerate sees {accelerator.num_processes}; on a machine "
+            "without GPUs launch with: ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes N ..."
+        )

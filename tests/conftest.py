@@ -1,0 +1,67 @@
+"""Shared fixtures: the synthetic dataset (generated once per test session) and a tiny training run on it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rlq.synthetic import generate
+
+REPO = Path(__file__).resolve().parents[1]
+# The training and evaluation scripts live at the repository root, outside the rlq package.
+sys.path.insert(0, str(REPO))
+
+
+def launch_two_cpu_processes(script: str, *args: str) -> subprocess.CompletedProcess:
+    """Run a repository script as 2 CPU processes of one Accelerate process group (gloo).
+
+    `accelerate launch --cpu --num_processes 2` starts a single process (its multi-CPU mode needs an
+    MPI hostfile); the torchrun launcher (--multi_gpu) with ACCELERATE_USE_CPU forms a real CPU group.
+    """
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / script), *args]
+    env = os.environ | {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    """The small synthetic dataset (seed 0): pass it as --root with --dataset synthetic.
+
+    It holds target/ (LTCC layout, with target/parsing/ LIP label maps) and external/ (Celeb-reID layout).
+    """
+    return generate(tmp_path_factory.mktemp("synthetic"), seed=0)
+
+
+# A training run small enough for CPU tests: random init, resnet18, 64x32 images, 3 steps per epoch,
+# 2 epochs with the CAL loss on in the second, evaluated after every epoch.
+TINY_RUN = dict(
+    dataset="synthetic",
+    pretrained=False,
+    backbone="resnet18",
+    height=64,
+    width=32,
+    batch_size=16,
+    epochs=2,
+    max_steps_per_epoch=3,
+    cal_start_epoch=1,
+    eval_every=1,
+    eval_batch_size=64,
+    num_workers=0,
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(synthetic_root, tmp_path_factory) -> Path:
+    """Output folder of one TINY_RUN of train_base.py (best.pt, last.pt, metrics.json)."""
+    from train_base import Config, main
+
+    output = tmp_path_factory.mktemp("tiny_run")
+    main(Config(root=synthetic_root, output=output, **TINY_RUN))
+    return output

@@ -1,0 +1,382 @@
+"""Train the two-branch base model (or vanilla CAL) on one clothes-changing ReID dataset.
+
+The defaults reproduce the paper's base model on LTCC / PRCC (200 epochs; the
+authors' LTCC runs use batch 32 per process on 2 GPUs). One training step,
+top to bottom in `train_one_epoch`:
+
+1. forward the batch (originals, plus their recoloured copies with --masks);
+2. from --cal-start-epoch on, one step of the clothes classifier (the CAL
+   discriminator, its own Adam, not scheduled) on the detached f1;
+3. the clothes logits of the live f1 with the updated discriminator;
+4. backbone loss = CE(o1) + CE(o2) + KL(o2 -> o1) + Triplet(f2) + [epoch >= start] CAL(f1)
+   (vanilla CAL: CE(o) + [epoch >= start] CAL(f));
+5. one optimizer step for the trunk, branches and identity heads.
+
+    python train_base.py --dataset synthetic --output runs/base-synthetic --no-pretrained --backbone resnet18
+    accelerate launch --multi_gpu --num_processes 2 train_base.py --dataset ltcc --root /data/LTCC_ReID --output runs/base-ltcc
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from tqdm import tqdm
+
+from rlq.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_state_checked,
+    plain,
+    provenance,
+    rng_states_of_all_processes,
+    save_atomic,
+    set_rng_states,
+)
+from rlq.data import DatasetLayoutError, ReIDDataset, load_dataset, summary_table
+from rlq.evaluation import evaluate_model, headline_key, results_table
+from rlq.launch import LaunchError, check_launch
+from rlq.loaders import TrainImages, train_loader
+from rlq.losses import (
+    clothes_adversarial_loss,
+    clothes_discriminator_loss,
+    cross_entropy_smooth,
+    softened_kl,
+    triplet_loss,
+)
+from rlq.model import CosineClassifier, build_model
+from rlq.recolour import Recolouring, num_colours, widen_pid2clothes
+from rlq.sampler import PKSampler
+from rlq.transforms import TrainTransform
+
+
+@dataclass
+class Config:
+    """Train the base model (CAL branch + ID branch) or vanilla CAL; defaults reproduce the paper."""
+
+    dataset: Literal["ltcc", "prcc", "celeb", "last", "deepchange", "synthetic", "synthetic-external"] = "ltcc"
+    """Which dataset layout to read."""
+    root: Path | None = None
+    """Dataset folder (e.g. /data/LTCC_ReID). Optional for the synthetic datasets (generated into a cache)."""
+    output: Path = Path("runs/base")
+    """Run folder: best.pt, last.pt, metrics.json and tensorboard/."""
+    model: Literal["base", "cal"] = "base"
+    """base: two branches (f1 CAL, f2 ID) with CE + KL + triplet + CAL; cal: vanilla CAL (one feature, CE + CAL)."""
+    backbone: str = "resnet50.tv_in1k"
+    """timm ResNet name (the authors used torchvision's ImageNet ResNet-50)."""
+    pretrained: bool = True
+    """Start the trunk from ImageNet weights (timm hub, or --pretrained-weights)."""
+    pretrained_weights: Path | None = None
+    """Local ImageNet state dict of the trunk (.pth / .safetensors), instead of the timm hub."""
+    split_after: Literal["layer1", "layer2", "layer3"] = "layer2"
+    """Base model: the trunk stage after which the CAL and ID branches fork."""
+    height: int = 384
+    """Input height."""
+    width: int = 192
+    """Input width."""
+    epochs: int = 200
+    """Training epochs (the paper: 200 on LTCC and PRCC)."""
+    lr: float = 3.5e-4
+    """Adam learning rate (model and clothes classifier)."""
+    weight_decay: float = 5e-4
+    """Adam weight decay (coupled L2, all parameters)."""
+    milestones: tuple[int, ...] = (20, 40)
+    """Epochs at which the model's learning rate is multiplied by --gamma (the clothes classifier's is not)."""
+    gamma: float = 0.1
+    """Learning-rate decay factor at each milestone."""
+    batch_size: int = 32
+    """Images per process per step (P identities x K images), before recoloured copies are added."""
+    num_instances: int = 4
+    """K: images per identity in a batch."""
+    cal_start_epoch: int = 25
+    """First (0-based) epoch with the clothes discriminator step and the CAL loss."""
+    masks: Path | None = None
+    """Clothes masks from preprocess_masks.py: turns on the recolouring augmentation (each image + a recoloured copy)."""
+    eval_every: int = 10
+    """Evaluate every N epochs (and after the last one)."""
+    select_on: Literal["test", "val"] = "test"
+    """Evaluations that pick best.pt: the test protocols, or the validation split (PRCC, LaST, DeepChange)."""
+    eval_batch_size: int = 128
+    """Images per process per evaluation batch."""
+    num_workers: int = 4
+    """Data-loader worker processes per process."""
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    """Autocast precision for forward passes (losses are computed in float32)."""
+    seed: int = 1
+    """Base seed: torch uses seed + rank; the sampler shares the seed; augmentation uses (seed, epoch, rank, worker)."""
+    resume: Path | None = None
+    """Continue a run from a last.pt (or a run folder holding one), exactly where it stopped."""
+    max_steps_per_epoch: int | None = None
+    """Cap on steps per epoch (quick runs and tests); by default an epoch is one pass of the P x K sampler."""
+
+
+class NonFiniteLoss(RuntimeError):
+    """A loss term became NaN or infinite: the run stops, keeping the last good checkpoint."""
+
+
+# Checkpoint entries needed only to continue training (best.pt leaves them out).
+TRAINING_STATE = ("optimizer", "clothes_optimizer", "scheduler", "scaler", "rng", "history")
+
+
+def arch_kwargs(cfg: Config) -> dict:
+    return {"split_after": cfg.split_after} if cfg.model == "base" else {}
+
+
+def eval_sets(dataset: ReIDDataset, select_on: str) -> tuple[dict, list]:
+    """Splits and evaluations that pick the best checkpoint."""
+    if select_on == "test":
+        return dataset.splits, dataset.evaluations
+    if not dataset.val_evaluations:
+        raise DatasetLayoutError(f"{dataset.name} at '{dataset.root}' has no validation split: use --select-on test")
+    return dataset.val_splits, dataset.val_evaluations
+
+
+def clothes_classes(dataset: ReIDDataset, masks: Path | None) -> tuple[Recolouring | None, np.ndarray]:
+    """The recolouring (None without masks) and the pid -> clothes matrix the CAL loss uses."""
+    if masks is None:
+        return None, dataset.pid2clothes
+    colours = num_colours(dataset.name)
+    return Recolouring(masks, dataset.num_train_clothes, colours), widen_pid2clothes(dataset.pid2clothes, colours)
+
+
+def check_finite(terms: dict[str, torch.Tensor], accelerator: Accelerator, epoch: int, step: int) -> dict[str, float]:
+    """Loss terms averaged over processes; raise if any is not finite (on every process, so none hangs)."""
+    values = accelerator.reduce(torch.stack([t.detach().float() for t in terms.values()]), reduction="mean")
+    named = dict(zip(terms, values.tolist()))
+    if not all(math.isfinite(v) for v in named.values()):
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in named.items())
+        raise NonFiniteLoss(f"non-finite loss at epoch {epoch}, step {step}: {shown}; stopping (the last good checkpoint is kept)")
+    return named
+
+
+def train_one_epoch(cfg, epoch, model, clothes_classifier, optimizer, clothes_optimizer, loader, pid2clothes, accelerator, global_step):
+    """One epoch of training; returns the mean of every loss term and the new global step."""
+    model.train()
+    clothes_classifier.train()
+    adversarial = epoch >= cfg.cal_start_epoch
+    steps = len(loader) if cfg.max_steps_per_epoch is None else min(len(loader), cfg.max_steps_per_epoch)
+    sums = defaultdict(float)
+    progress = tqdm(total=steps, desc=f"epoch {epoch}", disable=not accelerator.is_main_process, leave=False)
+    for step, (images, pids, clothes) in enumerate(loader):
+        if step == steps:
+            break
+        # [B, n, 3, H, W] with n = 2 when each image comes with its recoloured copy.
+        images = images.flatten(0, 1).to(accelerator.device, non_blocking=True, memory_format=torch.channels_last)
+        pids = pids.flatten().to(accelerator.device, non_blocking=True)
+        clothes = clothes.flatten().to(accelerator.device, non_blocking=True)
+
+        out = model(images)
+        terms = {}
+        if adversarial:
+            # Discriminator step: the clothes classifier learns clothes from the detached f1.
+            terms["clothes_discriminator"] = clothes_discriminator_loss(clothes_classifier(out.f1.detach()), clothes)
+            clothes_optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(terms["clothes_discriminator"])
+            clothes_optimizer.step()
+        terms["id_f1"] = cross_entropy_smooth(out.id_logits_f1, pids)
+        if cfg.model == "base":
+            terms["id_f2"] = cross_entropy_smooth(out.id_logits_f2, pids)
+            terms["kl"] = softened_kl(out.id_logits_f1, out.id_logits_f2)
+            terms["triplet"] = triplet_loss(out.f2, pids)
+        if adversarial:
+            # The updated discriminator's view of the live f1. Its own gradients from this pass are
+            # discarded (zeroed before its next step), so they are not synchronised either.
+            with accelerator.no_sync(clothes_classifier):
+                cosines = clothes_classifier(out.f1)
+            terms["cal"] = clothes_adversarial_loss(cosines, clothes, pids, pid2clothes)
+        backbone_terms = [v for k, v in terms.items() if k != "clothes_discriminator"]
+        terms["total"] = torch.stack(backbone_terms).sum()
+        values = check_finite(terms, accelerator, epoch, step)
+
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(terms["total"])
+        optimizer.step()
+
+        global_step += 1
+        for k, v in values.items():
+            sums[k] += v
+        accelerator.log({f"loss/{k}": v for k, v in values.items()}, step=global_step)
+        progress.set_postfix({k: f"{v:.3f}" for k, v in values.items()})
+        progress.update()
+    progress.close()
+    return {k: v / steps for k, v in sums.items()}, global_step
+
+
+def make_checkpoint(cfg, dataset, epoch, model, clothes_classifier, optimizer, clothes_optimizer, scheduler,
+                    accelerator, best, history, rng) -> dict:
+    """Everything needed to continue the run, and everything that tells how it was made."""
+    checkpoint = {
+        "model": accelerator.unwrap_model(model).state_dict(),
+        "clothes_classifier": accelerator.unwrap_model(clothes_classifier).state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "clothes_optimizer": clothes_optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": rng,  # one entry per process, in rank order
+        "epoch": epoch + 1,  # epochs completed
+        "best": best,
+        "history": history,
+    } | provenance(
+        asdict(cfg),
+        arch=cfg.model,
+        backbone=cfg.backbone,
+        arch_kwargs=arch_kwargs(cfg),
+        classes={
+            "num_pids": dataset.num_train_pids,
+            "num_clothes": accelerator.unwrap_model(clothes_classifier).weight.shape[0],
+            "num_original_clothes": dataset.num_train_clothes,
+        },
+        dataset=dataset.name,
+        input_size=(cfg.height, cfg.width),
+    )
+    if accelerator.scaler is not None:
+        checkpoint["scaler"] = accelerator.scaler.state_dict()
+    return checkpoint
+
+
+def share_batchnorm_statistics(model: torch.nn.Module, accelerator: Accelerator) -> None:
+    """Give every process rank 0's BatchNorm running statistics (the ones the checkpoint saves).
+
+    DDP broadcasts buffers only at the start of a forward, so after the last training step each
+    process holds statistics updated by its own batch; evaluating with those would make the
+    shards' features inconsistent with each other and with the checkpoint.
+    """
+    if accelerator.num_processes > 1:
+        for buffer in accelerator.unwrap_model(model).buffers():
+            torch.distributed.broadcast(buffer, src=0)
+
+
+def resume_path(path: Path) -> Path:
+    return path / "last.pt" if path.is_dir() else path
+
+
+def restore(checkpoint, model, clothes_classifier, optimizer, clothes_optimizer, scheduler, accelerator, source) -> None:
+    """Load a last.pt into the (not yet prepared) model, classifier, optimizers, scheduler and RNGs."""
+    load_state_checked(model, checkpoint["model"], source)
+    load_state_checked(clothes_classifier, checkpoint["clothes_classifier"], f"{source} (clothes classifier)")
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    clothes_optimizer.load_state_dict(checkpoint["clothes_optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    states = checkpoint["rng"]
+    if len(states) != accelerator.num_processes:
+        accelerator.print(f"warning: {source} was written by {len(states)} processes, not {accelerator.num_processes}: "
+                          "the run continues, but not bit-for-bit as it would have")
+    set_rng_states(states[accelerator.process_index % len(states)])
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def tensorboard_config(cfg: Config) -> dict:
+    """TensorBoard hparams accept only scalars and strings."""
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in plain(asdict(cfg)).items()}
+
+
+def main(cfg: Config) -> dict:
+    """Train; returns the best evaluation (epoch, top-1, mAP and all results) on the main process, None elsewhere."""
+    accelerator = Accelerator(
+        mixed_precision=cfg.mixed_precision,
+        log_with="tensorboard",
+        project_config=ProjectConfiguration(project_dir=str(cfg.output), logging_dir=str(cfg.output / "tensorboard")),
+    )
+    check_launch(accelerator)
+    set_seed(cfg.seed + accelerator.process_index)
+    dataset = load_dataset(cfg.dataset, cfg.root)
+    splits, evaluations = eval_sets(dataset, cfg.select_on)
+    accelerator.print(summary_table(dataset))
+
+    recolouring, pid2clothes = clothes_classes(dataset, cfg.masks)
+    model = build_model(cfg.model, dataset.num_train_pids, cfg.backbone, cfg.pretrained,
+                        str(cfg.pretrained_weights) if cfg.pretrained_weights else None,
+                        **arch_kwargs(cfg))
+    model = model.to(accelerator.device, memory_format=torch.channels_last)
+    clothes_classifier = CosineClassifier(model.feature_dim, pid2clothes.shape[1]).to(accelerator.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    clothes_optimizer = torch.optim.Adam(clothes_classifier.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.milestones), gamma=cfg.gamma)
+
+    start_epoch, best, history = 0, None, {"train": [], "evaluations": []}
+    if cfg.resume is not None:
+        source = resume_path(cfg.resume)
+        checkpoint = load_checkpoint(source)
+        restore(checkpoint, model, clothes_classifier, optimizer, clothes_optimizer, scheduler, accelerator, f"checkpoint '{source}'")
+        start_epoch, best, history = checkpoint["epoch"], checkpoint["best"], checkpoint["history"]
+        if "scaler" in checkpoint and accelerator.scaler is not None:
+            accelerator.scaler.load_state_dict(checkpoint["scaler"])
+        accelerator.print(f"resumed from {source} after epoch {start_epoch - 1}")
+        changed = {k: (checkpoint["config"].get(k), v) for k, v in plain(asdict(cfg)).items()
+                   if k != "resume" and checkpoint["config"].get(k) != v}
+        if changed:  # allowed (e.g. more --epochs), but the run no longer matches its first config
+            accelerator.print("options changed since the checkpoint: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()))
+
+    # The scheduler stays unprepared: it steps once per epoch, whatever the process count.
+    model, clothes_classifier, optimizer, clothes_optimizer = accelerator.prepare(model, clothes_classifier, optimizer, clothes_optimizer)
+    pid2clothes = torch.as_tensor(pid2clothes, device=accelerator.device)
+
+    train_set = TrainImages(dataset.train, TrainTransform(cfg.height, cfg.width), cfg.seed, accelerator.process_index, recolouring)
+    sampler = PKSampler([s.pid for s in dataset.train], batch_size=cfg.batch_size, num_instances=cfg.num_instances,
+                        seed=cfg.seed, rank=accelerator.process_index, world_size=accelerator.num_processes)
+    loader = train_loader(train_set, sampler, cfg.batch_size, cfg.num_workers)
+    loader_options = dict(height=cfg.height, width=cfg.width, batch_size=cfg.eval_batch_size, num_workers=cfg.num_workers)
+
+    cfg.output.mkdir(parents=True, exist_ok=True)
+    accelerator.init_trackers("train_base", config=tensorboard_config(cfg))
+    global_step = sum(entry["steps"] for entry in history["train"])  # the sampler's batch count varies by epoch
+    for epoch in range(start_epoch, cfg.epochs):
+        sampler.set_epoch(epoch)
+        train_set.set_epoch(epoch)
+        first_step = global_step
+        losses, global_step = train_one_epoch(cfg, epoch, model, clothes_classifier, optimizer, clothes_optimizer,
+                                              loader, pid2clothes, accelerator, global_step)
+        history["train"].append({"epoch": epoch, "steps": global_step - first_step, "lr": scheduler.get_last_lr()[0], **losses})
+        scheduler.step()
+        accelerator.print(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items()))
+
+        is_last = epoch + 1 == cfg.epochs
+        improved = False
+        if (epoch + 1) % cfg.eval_every == 0 or is_last:
+            share_batchnorm_statistics(model, accelerator)
+            results = evaluate_model(accelerator.unwrap_model(model), splits, evaluations, accelerator, **loader_options)
+            if accelerator.is_main_process:
+                accelerator.print(f"epoch {epoch} ({cfg.select_on}):\n{results_table(results)}")
+                history["evaluations"].append({"epoch": epoch, "split": cfg.select_on, "results": results})
+                accelerator.log({f"{cfg.select_on}/{name}/{m}": results[name][m] for name in results for m in ("top1", "mAP")}, step=global_step)
+                top1, mAP = headline_key(results, dataset.headline)
+                improved = best is None or (top1, mAP) > (best["top1"], best["mAP"])
+                if improved:
+                    best = {"epoch": epoch, "evaluation": dataset.headline, "top1": top1, "mAP": mAP, "results": results}
+
+        rng = rng_states_of_all_processes()  # so that a resume restores each rank's own
+        if accelerator.is_main_process:
+            checkpoint = make_checkpoint(cfg, dataset, epoch, model, clothes_classifier, optimizer, clothes_optimizer,
+                                         scheduler, accelerator, best, history, rng)
+            if improved:
+                save_atomic({k: v for k, v in checkpoint.items() if k not in TRAINING_STATE}, cfg.output / "best.pt")
+            save_atomic(checkpoint, cfg.output / "last.pt")
+            write_json_atomic(cfg.output / "metrics.json", {"best": best, **history})
+        accelerator.wait_for_everyone()
+
+    if best is not None:
+        accelerator.print(f"best: epoch {best['epoch']}, {best['evaluation']} top-1 {100 * best['top1']:.1f}, mAP {100 * best['mAP']:.1f}")
+    accelerator.end_training()
+    return best
+
+
+if __name__ == "__main__":
+    import tyro
+
+    try:
+        main(tyro.cli(Config))
+    except (NonFiniteLoss, CheckpointError, DatasetLayoutError, LaunchError) as error:
+        sys.exit(f"error: {error}")
