@@ -7,6 +7,13 @@ launched with `accelerate launch`) and runs every protocol of the dataset
 
     python evaluate.py --checkpoint runs/base-ltcc/best.pt --dataset ltcc --root /data/LTCC_ReID --json metrics.json
     accelerate launch --multi_gpu --num_processes 2 evaluate.py --checkpoint runs/base-ltcc/best.pt --root /data/LTCC_ReID
+
+The authors' released .pth.tar checkpoints load as they are (`rlq.authors`); they do not
+record their dataset, so pass --dataset. With --query-dir and --gallery-dir it ranks two
+folders of unlabelled images instead (`rlq.ranking`): every query's top-k gallery images
+with their similarities, as ranking.csv and one PNG per query.
+
+    python evaluate.py --checkpoint rlq_ltcc.pth.tar --query-dir my/queries --gallery-dir my/gallery --ranking-dir ranking
 """
 
 from __future__ import annotations
@@ -19,23 +26,23 @@ from typing import Literal
 
 import torch
 from accelerate import Accelerator
-from PIL import Image, ImageOps
 
 from rlq.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from rlq.data import DatasetLayoutError, Evaluation, Sample, load_dataset
 from rlq.evaluation import results_table, run_evaluation, split_features
 from rlq.launch import LaunchError, check_launch
-from rlq.transforms import load_image
+from rlq.lowquality import SizeBucketError, degraded_features, low_quality_report, lq_sample_sheet
+from rlq.ranking import OTHER_IDENTITY_COLOUR, SAME_IDENTITY_COLOUR, RankingError, rank_folders, ranking_strip
 
 
 @dataclass
 class Args:
-    """Evaluate a checkpoint written by train_base.py (or the other training scripts)."""
+    """Evaluate a checkpoint (of the training scripts, or the authors') on a dataset, or rank one image folder against another."""
 
     checkpoint: Path
-    """best.pt / last.pt of a run."""
+    """best.pt / last.pt of a run, or one of the authors' released .pth.tar checkpoints."""
     dataset: Literal["ltcc", "prcc", "celeb", "last", "deepchange", "synthetic", "synthetic-external"] | None = None
-    """Dataset to evaluate on (default: the one the checkpoint was trained on)."""
+    """Dataset to evaluate on (default: the one the checkpoint was trained on; required for the authors' checkpoints)."""
     root: Path | None = None
     """Dataset folder (e.g. /data/LTCC_ReID). Optional for the synthetic datasets."""
     batch_size: int = 128
@@ -47,11 +54,28 @@ class Args:
     json: Path | None = None
     """Write the metrics (fractions in [0, 1]) to this JSON file."""
     save_features: Path | None = None
-    """Write every evaluated split's features, pids, camids, clothes ids and image paths (torch.save) here."""
+    """Write every evaluated split's features, pids, camids, clothes ids and image paths (torch.save) here
+    (with --query-dir: the query and gallery features and image paths)."""
     visualize: int = 0
-    """Write ranking images of this many queries (top-10 gallery, green = same identity, red = another)."""
+    """Write ranking images of this many queries (top-k gallery, green = same identity, red = another)."""
     visualize_dir: Path = Path("visualize")
     """Folder of the --visualize PNGs."""
+    degrade: tuple[Literal["pixelate", "motion", "gaussian", "mix"], ...] = ()
+    """Also evaluate with all query and gallery images degraded (fixed per image; mix = the dataset's mix); prints clean vs each."""
+    size_buckets: Path | None = None
+    """Size CSV (Category,Image,<32,32-64,64-128,128-256,>256; authors' or preprocess_masks.py's): metrics per query-size bucket."""
+    lq_samples: int = 0
+    """Write a sheet of this many query images, each as HQ, pixelation, motion blur and Gaussian blur (to --lq-samples-path)."""
+    lq_samples_path: Path = Path("lq_samples.png")
+    """PNG of the --lq-samples sheet."""
+    query_dir: Path | None = None
+    """Rank the images under this folder (recursively; no labels needed) against --gallery-dir's, instead of evaluating a dataset."""
+    gallery_dir: Path | None = None
+    """The gallery folder of --query-dir."""
+    top_k: int = 10
+    """Gallery images per query in the --query-dir ranking (CSV and PNGs) and in the --visualize PNGs."""
+    ranking_dir: Path = Path("ranking")
+    """Folder of the --query-dir ranking: ranking.csv (query,rank,gallery,similarity) and one PNG per query."""
 
 
 def save_features(path: Path, splits: dict[str, list[Sample]], features: dict[str, torch.Tensor]) -> None:
@@ -70,12 +94,9 @@ def save_features(path: Path, splits: dict[str, list[Sample]], features: dict[st
     torch.save(dump, path)
 
 
-def _framed(path: str, colour: tuple[int, int, int], size: tuple[int, int] = (64, 128), border: int = 4) -> Image.Image:
-    return ImageOps.expand(load_image(path).resize(size), border=border, fill=colour)
-
-
-def visualize(evaluation: Evaluation, splits: dict[str, list[Sample]], features: dict[str, torch.Tensor], count: int, out: Path) -> None:
-    """One PNG per query: the query (blue frame) and its top-10 gallery images, green = same identity, red = another.
+def visualize(evaluation: Evaluation, splits: dict[str, list[Sample]], features: dict[str, torch.Tensor], count: int, top_k: int,
+              out: Path) -> None:
+    """One PNG per query: the query (blue frame) and its top-k gallery images, green = same identity, red = another.
 
     Gallery images of the query's identity from the query's camera are left out,
     as every protocol drops them from the ranking.
@@ -88,28 +109,59 @@ def visualize(evaluation: Evaluation, splits: dict[str, list[Sample]], features:
     for qi in torch.linspace(0, len(query) - 1, min(count, len(query))).round().long().tolist():
         q = query[qi]
         same_view = (gallery_pids == q.pid) & (gallery_cams == q.camid)
-        ranked = similarity[qi].masked_fill(same_view, float("-inf")).topk(min(10, len(gallery))).indices.tolist()
-        tiles = [_framed(q.path, (0, 0, 255))]
-        tiles += [_framed(gallery[g].path, (0, 160, 0) if gallery[g].pid == q.pid else (220, 0, 0)) for g in ranked]
-        sheet = Image.new("RGB", (sum(t.width + 8 for t in tiles), tiles[0].height), "white")
-        for i, tile in enumerate(tiles):
-            sheet.paste(tile, (i * (tile.width + 8) + (8 if i else 0), 0))
-        sheet.save(out / f"{evaluation.name}_query{qi:05d}.png")
+        scores, ranked = similarity[qi].masked_fill(same_view, float("-inf")).topk(min(top_k, len(gallery)))
+        colours = [SAME_IDENTITY_COLOUR if gallery[g].pid == q.pid else OTHER_IDENTITY_COLOUR for g in ranked.tolist()]
+        strip = ranking_strip(q.path, [gallery[g].path for g in ranked.tolist()], scores.tolist(), colours)
+        strip.save(out / f"{evaluation.name}_query{qi:05d}.png")
+
+
+def rank_query_dir(args: Args, checkpoint: dict, model: torch.nn.Module, accelerator: Accelerator) -> None:
+    """--query-dir against --gallery-dir at the checkpoint's input size (`rlq.ranking.rank_folders`)."""
+    if args.query_dir is None or args.gallery_dir is None:
+        raise RankingError("--query-dir and --gallery-dir go together")
+    height, width = checkpoint["input_size"]
+    ranking = rank_folders(model, args.query_dir, args.gallery_dir, accelerator, top_k=args.top_k, out=args.ranking_dir,
+                           save_features=args.save_features, height=height, width=width, batch_size=args.batch_size,
+                           num_workers=args.num_workers)
+    if ranking is not None:
+        print(f"ranked {len(ranking.gallery_paths)} gallery images for {len(ranking.query_paths)} queries: "
+              f"{args.ranking_dir / 'ranking.csv'} and one PNG per query in {args.ranking_dir}")
+
+
+def dataset_name(args: Args, checkpoint: dict) -> str:
+    name = args.dataset or checkpoint["dataset"]
+    if name is None:
+        raise CheckpointError(f"'{args.checkpoint}' does not record the dataset it was trained on (the authors' checkpoints "
+                              "do not): pass --dataset")
+    return name
 
 
 def main(args: Args) -> dict[str, dict]:
+    """The metrics of every protocol (on the main process; {} on the others and when ranking --query-dir)."""
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
     check_launch(accelerator)
     checkpoint = load_checkpoint(args.checkpoint)
     model = model_from_checkpoint(checkpoint, args.checkpoint).to(accelerator.device, memory_format=torch.channels_last)
-    dataset = load_dataset(args.dataset or checkpoint["dataset"], args.root)
+    if args.query_dir is not None or args.gallery_dir is not None:
+        rank_query_dir(args, checkpoint, model, accelerator)
+        return {}
+    dataset = load_dataset(dataset_name(args, checkpoint), args.root)
     height, width = checkpoint["input_size"]
     features = split_features(model, dataset.splits, dataset.evaluations, accelerator,
                               height=height, width=width, batch_size=args.batch_size, num_workers=args.num_workers)
+    degraded = degraded_features(model, dataset, args.degrade, accelerator,
+                                 height=height, width=width, batch_size=args.batch_size, num_workers=args.num_workers)
     if not accelerator.is_main_process:
         return {}
     results = {e.name: run_evaluation(e, dataset.splits, features) for e in dataset.evaluations}
     print(f"{args.checkpoint} on {dataset.name} ({dataset.root}):\n{results_table(results)}")
+    extra, text = low_quality_report(dataset, results, features, degraded, args.size_buckets)
+    if text:
+        print(text)
+    results |= extra  # "degraded" and "size_buckets", when asked for
+    if args.lq_samples > 0:
+        query = dataset.splits[dataset.evaluations[0].query_split]
+        print(f"wrote {lq_sample_sheet(query, dataset.name, args.lq_samples, args.lq_samples_path)}")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n")
@@ -117,7 +169,7 @@ def main(args: Args) -> dict[str, dict]:
         save_features(args.save_features, dataset.splits, features)
     if args.visualize > 0:
         headline = next(e for e in dataset.evaluations if e.name == dataset.headline)
-        visualize(headline, dataset.splits, features, args.visualize, args.visualize_dir)
+        visualize(headline, dataset.splits, features, args.visualize, args.top_k, args.visualize_dir)
     return results
 
 
@@ -126,5 +178,5 @@ if __name__ == "__main__":
 
     try:
         main(tyro.cli(Args))
-    except (CheckpointError, DatasetLayoutError, LaunchError) as error:
+    except (CheckpointError, DatasetLayoutError, LaunchError, RankingError, SizeBucketError) as error:
         sys.exit(f"error: {error}")

@@ -18,32 +18,19 @@ top to bottom in `train_one_epoch`:
 
 from __future__ import annotations
 
-import json
-import math
 import sys
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm import tqdm
 
-from rlq.checkpoint import (
-    CheckpointError,
-    load_checkpoint,
-    load_state_checked,
-    plain,
-    provenance,
-    rng_states_of_all_processes,
-    save_atomic,
-    set_rng_states,
-)
-from rlq.data import DatasetLayoutError, ReIDDataset, load_dataset, summary_table
-from rlq.evaluation import evaluate_model, headline_key, results_table
+from rlq.checkpoint import CheckpointError, load_checkpoint, rng_states_of_all_processes, save_atomic
+from rlq.data import DatasetLayoutError, load_dataset, summary_table
 from rlq.launch import LaunchError, check_launch
 from rlq.loaders import TrainImages, train_loader
 from rlq.losses import (
@@ -54,8 +41,20 @@ from rlq.losses import (
     triplet_loss,
 )
 from rlq.model import CosineClassifier, build_model
-from rlq.recolour import Recolouring, num_colours, widen_pid2clothes
 from rlq.sampler import PKSampler
+from rlq.training import (
+    NonFiniteLoss,
+    check_finite,
+    clothes_classes,
+    eval_sets,
+    evaluate_and_select,
+    restore,
+    resume_path,
+    tensorboard_config,
+    training_checkpoint,
+    without_training_state,
+    write_json_atomic,
+)
 from rlq.transforms import TrainTransform
 
 
@@ -119,43 +118,8 @@ class Config:
     """Cap on steps per epoch (quick runs and tests); by default an epoch is one pass of the P x K sampler."""
 
 
-class NonFiniteLoss(RuntimeError):
-    """A loss term became NaN or infinite: the run stops, keeping the last good checkpoint."""
-
-
-# Checkpoint entries needed only to continue training (best.pt leaves them out).
-TRAINING_STATE = ("optimizer", "clothes_optimizer", "scheduler", "scaler", "rng", "history")
-
-
 def arch_kwargs(cfg: Config) -> dict:
     return {"split_after": cfg.split_after} if cfg.model == "base" else {}
-
-
-def eval_sets(dataset: ReIDDataset, select_on: str) -> tuple[dict, list]:
-    """Splits and evaluations that pick the best checkpoint."""
-    if select_on == "test":
-        return dataset.splits, dataset.evaluations
-    if not dataset.val_evaluations:
-        raise DatasetLayoutError(f"{dataset.name} at '{dataset.root}' has no validation split: use --select-on test")
-    return dataset.val_splits, dataset.val_evaluations
-
-
-def clothes_classes(dataset: ReIDDataset, masks: Path | None) -> tuple[Recolouring | None, np.ndarray]:
-    """The recolouring (None without masks) and the pid -> clothes matrix the CAL loss uses."""
-    if masks is None:
-        return None, dataset.pid2clothes
-    colours = num_colours(dataset.name)
-    return Recolouring(masks, dataset.num_train_clothes, colours), widen_pid2clothes(dataset.pid2clothes, colours)
-
-
-def check_finite(terms: dict[str, torch.Tensor], accelerator: Accelerator, epoch: int, step: int) -> dict[str, float]:
-    """Loss terms averaged over processes; raise if any is not finite (on every process, so none hangs)."""
-    values = accelerator.reduce(torch.stack([t.detach().float() for t in terms.values()]), reduction="mean")
-    named = dict(zip(terms, values.tolist()))
-    if not all(math.isfinite(v) for v in named.values()):
-        shown = ", ".join(f"{k}={v:.4g}" for k, v in named.items())
-        raise NonFiniteLoss(f"non-finite loss at epoch {epoch}, step {step}: {shown}; stopping (the last good checkpoint is kept)")
-    return named
 
 
 def train_one_epoch(cfg, epoch, model, clothes_classifier, optimizer, clothes_optimizer, loader, pid2clothes, accelerator, global_step):
@@ -211,78 +175,6 @@ def train_one_epoch(cfg, epoch, model, clothes_classifier, optimizer, clothes_op
     return {k: v / steps for k, v in sums.items()}, global_step
 
 
-def make_checkpoint(cfg, dataset, epoch, model, clothes_classifier, optimizer, clothes_optimizer, scheduler,
-                    accelerator, best, history, rng) -> dict:
-    """Everything needed to continue the run, and everything that tells how it was made."""
-    checkpoint = {
-        "model": accelerator.unwrap_model(model).state_dict(),
-        "clothes_classifier": accelerator.unwrap_model(clothes_classifier).state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "clothes_optimizer": clothes_optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "rng": rng,  # one entry per process, in rank order
-        "epoch": epoch + 1,  # epochs completed
-        "best": best,
-        "history": history,
-    } | provenance(
-        asdict(cfg),
-        arch=cfg.model,
-        backbone=cfg.backbone,
-        arch_kwargs=arch_kwargs(cfg),
-        classes={
-            "num_pids": dataset.num_train_pids,
-            "num_clothes": accelerator.unwrap_model(clothes_classifier).weight.shape[0],
-            "num_original_clothes": dataset.num_train_clothes,
-        },
-        dataset=dataset.name,
-        input_size=(cfg.height, cfg.width),
-    )
-    if accelerator.scaler is not None:
-        checkpoint["scaler"] = accelerator.scaler.state_dict()
-    return checkpoint
-
-
-def share_batchnorm_statistics(model: torch.nn.Module, accelerator: Accelerator) -> None:
-    """Give every process rank 0's BatchNorm running statistics (the ones the checkpoint saves).
-
-    DDP broadcasts buffers only at the start of a forward, so after the last training step each
-    process holds statistics updated by its own batch; evaluating with those would make the
-    shards' features inconsistent with each other and with the checkpoint.
-    """
-    if accelerator.num_processes > 1:
-        for buffer in accelerator.unwrap_model(model).buffers():
-            torch.distributed.broadcast(buffer, src=0)
-
-
-def resume_path(path: Path) -> Path:
-    return path / "last.pt" if path.is_dir() else path
-
-
-def restore(checkpoint, model, clothes_classifier, optimizer, clothes_optimizer, scheduler, accelerator, source) -> None:
-    """Load a last.pt into the (not yet prepared) model, classifier, optimizers, scheduler and RNGs."""
-    load_state_checked(model, checkpoint["model"], source)
-    load_state_checked(clothes_classifier, checkpoint["clothes_classifier"], f"{source} (clothes classifier)")
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    clothes_optimizer.load_state_dict(checkpoint["clothes_optimizer"])
-    scheduler.load_state_dict(checkpoint["scheduler"])
-    states = checkpoint["rng"]
-    if len(states) != accelerator.num_processes:
-        accelerator.print(f"warning: {source} was written by {len(states)} processes, not {accelerator.num_processes}: "
-                          "the run continues, but not bit-for-bit as it would have")
-    set_rng_states(states[accelerator.process_index % len(states)])
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
-
-
-def tensorboard_config(cfg: Config) -> dict:
-    """TensorBoard hparams accept only scalars and strings."""
-    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in plain(asdict(cfg)).items()}
-
-
 def main(cfg: Config) -> dict:
     """Train; returns the best evaluation (epoch, top-1, mAP and all results) on the main process, None elsewhere."""
     accelerator = Accelerator(
@@ -310,15 +202,9 @@ def main(cfg: Config) -> dict:
     if cfg.resume is not None:
         source = resume_path(cfg.resume)
         checkpoint = load_checkpoint(source)
-        restore(checkpoint, model, clothes_classifier, optimizer, clothes_optimizer, scheduler, accelerator, f"checkpoint '{source}'")
+        restore(checkpoint, cfg, model, clothes_classifier, optimizer, clothes_optimizer, scheduler, accelerator, f"checkpoint '{source}'")
         start_epoch, best, history = checkpoint["epoch"], checkpoint["best"], checkpoint["history"]
-        if "scaler" in checkpoint and accelerator.scaler is not None:
-            accelerator.scaler.load_state_dict(checkpoint["scaler"])
         accelerator.print(f"resumed from {source} after epoch {start_epoch - 1}")
-        changed = {k: (checkpoint["config"].get(k), v) for k, v in plain(asdict(cfg)).items()
-                   if k != "resume" and checkpoint["config"].get(k) != v}
-        if changed:  # allowed (e.g. more --epochs), but the run no longer matches its first config
-            accelerator.print("options changed since the checkpoint: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()))
 
     # The scheduler stays unprepared: it steps once per epoch, whatever the process count.
     model, clothes_classifier, optimizer, clothes_optimizer = accelerator.prepare(model, clothes_classifier, optimizer, clothes_optimizer)
@@ -343,26 +229,19 @@ def main(cfg: Config) -> dict:
         scheduler.step()
         accelerator.print(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items()))
 
-        is_last = epoch + 1 == cfg.epochs
         improved = False
-        if (epoch + 1) % cfg.eval_every == 0 or is_last:
-            share_batchnorm_statistics(model, accelerator)
-            results = evaluate_model(accelerator.unwrap_model(model), splits, evaluations, accelerator, **loader_options)
-            if accelerator.is_main_process:
-                accelerator.print(f"epoch {epoch} ({cfg.select_on}):\n{results_table(results)}")
-                history["evaluations"].append({"epoch": epoch, "split": cfg.select_on, "results": results})
-                accelerator.log({f"{cfg.select_on}/{name}/{m}": results[name][m] for name in results for m in ("top1", "mAP")}, step=global_step)
-                top1, mAP = headline_key(results, dataset.headline)
-                improved = best is None or (top1, mAP) > (best["top1"], best["mAP"])
-                if improved:
-                    best = {"epoch": epoch, "evaluation": dataset.headline, "top1": top1, "mAP": mAP, "results": results}
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+            best, improved = evaluate_and_select(model, dataset, splits, evaluations, accelerator, epoch=epoch, split_name=cfg.select_on,
+                                                 best=best, history=history, global_step=global_step, **loader_options)
 
         rng = rng_states_of_all_processes()  # so that a resume restores each rank's own
         if accelerator.is_main_process:
-            checkpoint = make_checkpoint(cfg, dataset, epoch, model, clothes_classifier, optimizer, clothes_optimizer,
-                                         scheduler, accelerator, best, history, rng)
+            checkpoint = training_checkpoint(cfg, accelerator, model=model, clothes_classifier=clothes_classifier, optimizer=optimizer,
+                                             clothes_optimizer=clothes_optimizer, scheduler=scheduler, epochs_done=epoch + 1,
+                                             best=best, history=history, rng=rng, arch=cfg.model, arch_kwargs=arch_kwargs(cfg),
+                                             dataset=dataset)
             if improved:
-                save_atomic({k: v for k, v in checkpoint.items() if k not in TRAINING_STATE}, cfg.output / "best.pt")
+                save_atomic(without_training_state(checkpoint), cfg.output / "best.pt")
             save_atomic(checkpoint, cfg.output / "last.pt")
             write_json_atomic(cfg.output / "metrics.json", {"best": best, **history})
         accelerator.wait_for_everyone()

@@ -158,3 +158,30 @@ def attribute_coverage(
             "covered": len(keys & labels.keys()),
         }
     return coverage
+
+
+def label_training_samples(
+    samples: list[Sample],
+    attributes: tuple[str, ...],
+    gender_csv: Path | None,
+    pose_csv: Path | None,
+    pose_column: str = "R_LA_15",
+    missing: Missing = "error",
+) -> list[Sample]:
+    """`samples` with the labels the training asks for (`attributes` holds "gender" and/or "pose"), read from their files."""
+    if not attributes:
+        raise ValueError("--attributes needs gender, pose or both")
+    for name, path in (("gender", gender_csv), ("pose", pose_csv)):
+        if name in attributes and path is None:
+            raise AttributeFileError(f"--attributes {name} needs --{name}-csv")
+    gender = read_gender_csv(gender_csv) if "gender" in attributes else None
+    pose = read_pose_csv(pose_csv, pose_column) if "pose" in attributes else None
+    return attach_attributes(samples, gender, pose, missing, gender_source=f"'{gender_csv}'", pose_source=f"'{pose_csv}' [{pose_column}]")
+
+
+def num_pose_classes(column: str) -> int:
+    """K + 1 pose classes (0 = no skeleton) of a pose column named `<variant>_<K>`."""
+    k = num_clusters(column)
+    if k is None:
+        raise AttributeFileError(f"--pose-column {column}: expected a name ending in _K (e.g. R_LA_15) to size the pose head")
+    return k + 1

@@ -12,6 +12,10 @@ Entries: `model` (state dict), `arch`, `backbone`, `arch_kwargs`, `classes`
 ({num_pids, num_clothes, ...}), `dataset`, `input_size` ([H, W]), `config`,
 `version`; training scripts add `epoch` (epochs completed), `best`, and in
 last.pt the state to resume from (optimizers, scheduler, per-rank RNG states).
+
+`load_checkpoint` also reads the authors' released .pth.tar files and returns them
+converted into this format (`rlq.authors`), so every script that takes a checkpoint
+takes theirs.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import os
 import random
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -58,7 +62,7 @@ def plain(value: Any) -> Any:
     return value
 
 
-def provenance(config: dict, arch: str, backbone: str, arch_kwargs: dict, classes: dict, dataset: str,
+def provenance(config: dict, arch: str, backbone: str, arch_kwargs: dict, classes: dict, dataset: str | None,
                input_size: tuple[int, int]) -> dict:
     """The checkpoint entries that say how a model was made and let `model_from_checkpoint` rebuild it."""
     return {
@@ -85,20 +89,38 @@ def save_atomic(obj: dict, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+# The authors' files store their rank-1 as a numpy scalar (numpy 1.x pickles it under numpy.core, 2.x under numpy._core).
+_NUMPY_SCALAR = np.float64(0).__reduce__()[0]  # the function numpy pickles scalars with
+NUMPY_SCALARS = [_NUMPY_SCALAR, (_NUMPY_SCALAR, "numpy.core.multiarray.scalar"), np.dtype,
+                 *(type(np.dtype(t)) for t in (np.float16, np.float32, np.float64, np.int32, np.int64))]
+
+
 def load_checkpoint(path: Path) -> dict:
-    """Read a checkpoint onto the CPU, with an error naming the file if it is missing, truncated or foreign."""
+    """Read a checkpoint onto the CPU, with an error naming the file if it is missing, truncated or foreign.
+
+    The authors' released checkpoints (`model_state_dict`, ...; see `rlq.authors`) are recognised
+    and returned converted into this project's format.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint '{path}' does not exist")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(NUMPY_SCALARS):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for damaged files
         raise CheckpointError(
             f"cannot read checkpoint '{path}': the file is truncated, damaged or not a checkpoint "
-            f"written by this project ({type(error).__name__}: {error})"
+            f"of this project or of the authors' ({type(error).__name__}: {error})"
         ) from error
+    if isinstance(checkpoint, dict) and "model_state_dict" in checkpoint:
+        from rlq.authors import convert_authors_checkpoint  # here: rlq.authors itself imports this module
+
+        return convert_authors_checkpoint(checkpoint, path)
     if not isinstance(checkpoint, dict) or "model" not in checkpoint:
-        raise CheckpointError(f"'{path}' is not a checkpoint written by this project (no 'model' entry)")
+        raise CheckpointError(
+            f"'{path}' is neither a checkpoint written by this project (no 'model' entry) nor one of the authors' "
+            "(no 'model_state_dict' entry)"
+        )
     return checkpoint
 
 
@@ -111,17 +133,24 @@ def _listed(title: str, items: list[str], limit: int = 20) -> str:
     return f"  {title} ({len(items)}):\n" + "\n".join(f"    {item}" for item in shown)
 
 
+def mismatch_report(own: dict[str, torch.Tensor], state_dict: dict[str, torch.Tensor],
+                    name: Callable[[str], str] = str) -> str:
+    """Every shape-mismatched, missing and unexpected key of `state_dict` against `own`, listed ('' when it fits).
+
+    `name` turns a key into the name shown (e.g. the name the key has in another format).
+    """
+    mismatched = [f"{name(k)}: checkpoint {_shape(v)}, model {_shape(own[k])}" for k, v in state_dict.items() if k in own and own[k].shape != v.shape]
+    missing = [name(k) for k in own if k not in state_dict]
+    unexpected = [name(k) for k in state_dict if k not in own]
+    parts = [(t, i) for t, i in (("shape mismatches", mismatched), ("missing from the checkpoint", missing), ("unexpected in the checkpoint", unexpected)) if i]
+    return "\n".join(_listed(t, i) for t, i in parts)
+
+
 def load_state_checked(module: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
     """load_state_dict that, on any mismatch, raises one error listing every mismatched, missing and unexpected key."""
-    own = module.state_dict()
-    mismatched = [f"{k}: checkpoint {_shape(v)}, model {_shape(own[k])}" for k, v in state_dict.items() if k in own and own[k].shape != v.shape]
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    if mismatched or missing or unexpected:
-        parts = [(t, i) for t, i in (("shape mismatches", mismatched), ("missing from the checkpoint", missing), ("unexpected in the checkpoint", unexpected)) if i]
-        raise CheckpointError(
-            f"{source} does not fit the {type(module).__name__} built for it:\n" + "\n".join(_listed(t, i) for t, i in parts)
-        )
+    report = mismatch_report(module.state_dict(), state_dict)
+    if report:
+        raise CheckpointError(f"{source} does not fit the {type(module).__name__} built for it:\n{report}")
     module.load_state_dict(state_dict)
 
 

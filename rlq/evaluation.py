@@ -8,8 +8,12 @@ ranking itself (`rlq.metrics.evaluate`) runs on the main process only.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from accelerate import Accelerator
+from PIL import Image
+from tqdm import tqdm
 
 from rlq.data import Evaluation, Sample, format_table
 from rlq.loaders import eval_loader
@@ -28,17 +32,20 @@ def extract_features(
     width: int,
     batch_size: int,
     num_workers: int,
+    degrade: Callable[[Image.Image, int], Image.Image] | None = None,
 ) -> torch.Tensor:
     """Flip-summed, L2-normalised retrieval features [N, D] (float32, CPU) of `samples`, in their order.
+
+    `degrade(image, index)`, if given, turns every image into a low-quality copy first (`rlq.lowquality`).
 
     `model` is the bare model (not DDP-wrapped); it is put in eval mode for the
     extraction and back into its previous mode afterwards.
     """
-    loader = accelerator.prepare_data_loader(eval_loader(samples, height, width, batch_size, num_workers))
+    loader = accelerator.prepare_data_loader(eval_loader(samples, height, width, batch_size, num_workers, degrade))
     was_training = model.training
     model.eval()
     features, indices = [], []
-    for images, index in loader:
+    for images, index in tqdm(loader, desc="features", unit="batch", disable=not accelerator.is_main_process, leave=False):
         images = images.to(accelerator.device, memory_format=torch.channels_last)
         with accelerator.autocast():
             batch_features = model.retrieval_features(images)

@@ -1,15 +1,19 @@
-"""Torch datasets and data loaders for training (P x K batches, optional recolouring) and evaluation."""
+"""Torch datasets and data loaders for training (P x K batches, optional recolouring, attribute labels),
+TAD (external HQ / LQ pairs) and evaluation."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from rlq.data import Sample
 from rlq.recolour import Recolouring
 from rlq.sampler import PKSampler
-from rlq.transforms import EvalTransform, TrainTransform, load_image, worker_rng
+from rlq.transforms import EvalTransform, TrainTransform, load_image, tad_pair, worker_rng
 
 
 class TrainImages(Dataset):
@@ -73,24 +77,96 @@ def train_loader(dataset: TrainImages, sampler: PKSampler, batch_size: int, num_
 
 
 class EvalImages(Dataset):
-    """Evaluation images: item i -> (image [3, H, W], i); the index puts gathered features back in order."""
+    """Evaluation images: item i -> (image [3, H, W], i); the index puts gathered features back in order.
 
-    def __init__(self, samples: list[Sample], transform: EvalTransform) -> None:
+    `degrade(image, i)`, if given, replaces each image by a low-quality copy first (`rlq.lowquality.Degrade`).
+    """
+
+    def __init__(self, samples: list[Sample], transform: EvalTransform,
+                 degrade: Callable[[Image.Image, int], Image.Image] | None = None) -> None:
         self.samples = samples
         self.transform = transform
+        self.degrade = degrade
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.transform(load_image(self.samples[index].path)), index
+        img = load_image(self.samples[index].path)
+        if self.degrade is not None:
+            img = self.degrade(img, index)
+        return self.transform(img), index
 
 
-def eval_loader(samples: list[Sample], height: int, width: int, batch_size: int, num_workers: int) -> DataLoader:
+def eval_loader(samples: list[Sample], height: int, width: int, batch_size: int, num_workers: int,
+                degrade: Callable[[Image.Image, int], Image.Image] | None = None) -> DataLoader:
     return DataLoader(
-        EvalImages(samples, EvalTransform(height, width)),
+        EvalImages(samples, EvalTransform(height, width), degrade),
         batch_size=batch_size,
         shuffle=False,
         num_workers=num_workers,
         pin_memory=torch.cuda.is_available(),
     )
+
+
+class AttributedTrainImages(TrainImages):
+    """`TrainImages` whose items also hold the (gender, pose) labels of each image: [n, 2].
+
+    The recoloured copy shows the same person in the same pose, so it shares both labels.
+    Fill the samples with `rlq.attributes.attach_attributes` first.
+    """
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        images, pids, clothes = super().__getitem__(index)
+        sample = self.samples[index]
+        return images, pids, clothes, torch.tensor([[sample.gender, sample.pose]]).expand(len(images), 2)
+
+
+class TADPairs(Dataset):
+    """External images for task-agnostic distillation: item i -> (x_hq [3, H, W], x_lq [3, H, W]).
+
+    x_lq is a synthetic low-quality copy drawn with the TARGET dataset's degradation mix;
+    each view then goes through the training augmentation independently (`tad_pair`).
+    Randomness: one generator per (seed, epoch, rank, loader worker), as `TrainImages`.
+    """
+
+    def __init__(self, samples: list[Sample], transform: TrainTransform, mix: str, seed: int, rank: int) -> None:
+        self.samples = samples
+        self.transform = transform
+        self.mix = mix
+        self.seed = seed
+        self.rank = rank
+        self.epoch = 0
+        self._rng: np.random.Generator | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self._rng = None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._rng is None:
+            self._rng = worker_rng(self.seed, self.epoch, self.rank)
+        return tad_pair(load_image(self.samples[index].path), self.mix, self.transform, self._rng)
+
+
+def tad_loader(dataset: TADPairs, batch_size: int, num_workers: int, seed: int, rank: int,
+               world_size: int) -> tuple[DataLoader, DistributedSampler]:
+    """Shuffled batches of this process's shard of the external set; call `sampler.set_epoch` every epoch.
+
+    The shuffle depends on (seed, epoch) only, so every rank sees a disjoint shard (do not
+    `accelerator.prepare` this loader).
+    """
+    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        drop_last=True,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=False,
+    )
+    return loader, sampler

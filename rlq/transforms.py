@@ -253,6 +253,7 @@ MIXES: dict[str, dict[str, float]] = {
     "last": _WITH_MOTION,
     "celeb": _WITH_MOTION,
     "synthetic": _WITH_MOTION,
+    "synthetic-external": _WITH_MOTION,  # Celeb-reID's layout
     "prcc": _WITHOUT_MOTION,
     "deepchange": _WITHOUT_MOTION,
 }

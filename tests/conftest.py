@@ -65,3 +65,15 @@ def tiny_run(synthetic_root, tmp_path_factory) -> Path:
     output = tmp_path_factory.mktemp("tiny_run")
     main(Config(root=synthetic_root, output=output, **TINY_RUN))
     return output
+
+
+@pytest.fixture(scope="session")
+def attribute_files(synthetic_root, tmp_path_factory) -> tuple[Path, Path]:
+    """(gender CSV, pose CSV) of the synthetic target set; the pose labels (column R_LA_15, 0..15) are arbitrary but fixed."""
+    from rlq.data import load_dataset
+
+    pose_csv = tmp_path_factory.mktemp("attributes") / "pose.csv"
+    train = load_dataset("synthetic", synthetic_root).train
+    rows = "".join(f"train,{s.key},{float(i % 16)}\n" for i, s in enumerate(train))
+    pose_csv.write_text("Category,Image,R_LA_15\n" + rows)
+    return synthetic_root / "target" / "gender.csv", pose_csv

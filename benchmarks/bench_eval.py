@@ -1,0 +1,191 @@
+"""Time rlq.metrics.evaluate against a straightforward per-query numpy evaluator.
+
+Both run in the same process on the same random features (identity centre +
+clothes offset + noise, so that good matches tend to rank high; or pure noise
+with --pure-random), for each protocol, and must give the same numbers. The
+reference computes its own similarity matrix with numpy, then sorts each
+query's row (stable argsort) and applies the junk/good masks, like the
+classic Market-1501 / CAL evaluators.
+
+    python benchmarks/bench_eval.py                      # 2000 x 20000, D=128, CPU
+    python benchmarks/bench_eval.py --device cuda --queries 10176 --gallery 125353 \\
+        --dim 8192 --ids 5000 --skip-reference          # LaST test size on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import sys
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from rlq.metrics import PROTOCOLS, evaluate
+
+METRIC_KEYS = ("top1", "top5", "top10", "top20", "mAP", "mINP")
+# The reference's numpy float32 similarities differ from torch's in the last
+# bits, which can swap near-tied items: metrics may then differ by ~1e-6.
+TOLERANCE = 1e-4
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--queries", type=int, default=2000)
+    p.add_argument("--gallery", type=int, default=20000)
+    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--ids", type=int, default=500, help="identities")
+    p.add_argument("--cameras", type=int, default=6)
+    p.add_argument("--clothes-per-id", type=int, default=3)
+    p.add_argument("--noise", type=float, default=1.5,
+                   help="noise std relative to the identity centres (larger: harder)")
+    p.add_argument("--pure-random", action="store_true", help="features are pure noise")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=PROTOCOLS)
+    p.add_argument("--repeats", type=int, default=3, help="timed runs; the minimum is reported")
+    p.add_argument("--chunk-size", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--skip-reference", action="store_true",
+                   help="time evaluate only (the reference takes minutes at LaST size)")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args()
+
+
+def make_data(args: argparse.Namespace) -> dict[str, np.ndarray]:
+    """Random features and labels; float32 numpy arrays / int64 labels."""
+    rng = np.random.default_rng(args.seed)
+    query_pids = rng.integers(0, args.ids, args.queries)
+    gallery_pids = rng.integers(0, args.ids, args.gallery)
+    # Clothes ids are global: identity * clothes_per_id + outfit.
+    query_clothes = query_pids * args.clothes_per_id + rng.integers(0, args.clothes_per_id, args.queries)
+    gallery_clothes = gallery_pids * args.clothes_per_id + rng.integers(0, args.clothes_per_id, args.gallery)
+
+    def features(pids: np.ndarray, clothes: np.ndarray) -> np.ndarray:
+        noise = rng.standard_normal((len(pids), args.dim), dtype=np.float32)
+        if args.pure_random:
+            return noise
+        return id_centres[pids] + 0.5 * clothes_centres[clothes] + args.noise * noise
+
+    id_centres = rng.standard_normal((args.ids, args.dim), dtype=np.float32)
+    clothes_centres = rng.standard_normal((args.ids * args.clothes_per_id, args.dim), dtype=np.float32)
+    return dict(
+        query_features=features(query_pids, query_clothes),
+        gallery_features=features(gallery_pids, gallery_clothes),
+        query_pids=query_pids,
+        gallery_pids=gallery_pids,
+        query_camids=rng.integers(0, args.cameras, args.queries),
+        gallery_camids=rng.integers(0, args.cameras, args.gallery),
+        query_clothes=query_clothes,
+        gallery_clothes=gallery_clothes,
+    )
+
+
+def reference_evaluate(query_features, gallery_features, query_pids, gallery_pids, query_camids,
+                       gallery_camids, query_clothes, gallery_clothes, protocol: str) -> dict:
+    """Per-query numpy loop over a full similarity matrix (same definitions)."""
+    qf = query_features / np.linalg.norm(query_features, axis=1, keepdims=True)
+    gf = gallery_features / np.linalg.norm(gallery_features, axis=1, keepdims=True)
+    sims = qf @ gf.T
+    sums = dict.fromkeys(METRIC_KEYS, 0.0)
+    num_valid = 0
+    for i in range(len(qf)):
+        order = np.argsort(-sims[i], kind="stable")  # ties: lower gallery index first
+        same_pid = gallery_pids[order] == query_pids[i]
+        same_cam = gallery_camids[order] == query_camids[i]
+        if protocol == "standard":
+            good, junk = same_pid & ~same_cam, same_pid & same_cam
+        else:
+            same_clothes = gallery_clothes[order] == query_clothes[i]
+            if protocol == "cc":
+                good = same_pid & ~same_cam & ~same_clothes
+                junk = same_pid & (same_cam | same_clothes)
+            else:
+                good = same_pid & ~same_cam & same_clothes
+                junk = same_pid & (same_cam | ~same_clothes)
+        ranks = np.flatnonzero(good[~junk]) + 1
+        if ranks.size == 0:
+            continue
+        num_valid += 1
+        for k in (1, 5, 10, 20):
+            sums[f"top{k}"] += ranks[0] <= k
+        sums["mAP"] += np.mean(np.arange(1, ranks.size + 1) / ranks)
+        sums["mINP"] += ranks.size / ranks[-1]
+    return {**{k: float(v) / num_valid for k, v in sums.items()}, "num_valid_queries": num_valid}
+
+
+def best_time(fn: Callable[[], dict], repeats: int, sync: Callable[[], None],
+              warm_up: bool = True) -> tuple[float, dict]:
+    """Minimum wall time over `repeats` runs (after an untimed warm-up run) and the result."""
+    result = fn() if warm_up else None
+    best = float("inf")
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        result = fn()
+        sync()
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+def machine_description(device: torch.device) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    parts = [f"CPU {cpu} ({os.cpu_count()} logical cores)", f"torch threads {torch.get_num_threads()}"]
+    if device.type == "cuda":
+        parts.append(f"GPU {torch.cuda.get_device_name(device)}")
+    if hasattr(os, "getloadavg"):
+        parts.append("load average %.2f %.2f %.2f" % os.getloadavg())
+    parts.append(f"torch {torch.__version__}, numpy {np.__version__}, python {platform.python_version()}")
+    return "; ".join(parts)
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    print("command:", shlex.join([sys.executable, *sys.argv]))
+    print("machine:", machine_description(device))
+
+    data = make_data(args)
+    on_device = {k: torch.from_numpy(v).to(device) for k, v in data.items()}
+    for key in ("query_features", "gallery_features"):
+        on_device[key] = on_device[key].to(getattr(torch, args.dtype))
+        data[key] = on_device[key].float().cpu().numpy()  # the reference sees the same values
+    kind = "pure random" if args.pure_random else f"identity centres + noise {args.noise}"
+    print(f"data: {args.queries} queries x {args.gallery} gallery, dim {args.dim}, {args.ids} ids, "
+          f"{args.cameras} cameras, {kind}, features {args.dtype} on {device}")
+
+    failures = 0
+    for protocol in args.protocols:
+        fast_s, fast = best_time(
+            lambda: evaluate(**on_device, protocol=protocol, chunk_size=args.chunk_size), args.repeats, sync)
+        summary = ", ".join(f"{k} {fast[k]:.4f}" for k in METRIC_KEYS)
+        print(f"\n[{protocol}] {summary}, valid queries {fast['num_valid_queries']}")
+        if args.skip_reference:
+            print(f"[{protocol}] rlq.metrics.evaluate {fast_s * 1e3:.1f} ms")
+            continue
+        # Plain numpy has nothing to warm up (and takes seconds per run).
+        ref_s, ref = best_time(lambda: reference_evaluate(**data, protocol=protocol),
+                               args.repeats, lambda: None, warm_up=False)
+        diff = max(abs(fast[k] - ref[k]) for k in METRIC_KEYS)
+        same = diff <= TOLERANCE and fast["num_valid_queries"] == ref["num_valid_queries"]
+        failures += not same
+        print(f"[{protocol}] rlq.metrics.evaluate {fast_s * 1e3:.1f} ms | per-query numpy reference "
+              f"{ref_s * 1e3:.1f} ms | speed-up {ref_s / fast_s:.1f}x | max metric difference {diff:.2e} "
+              f"({'same' if same else 'MISMATCH'})")
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()

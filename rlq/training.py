@@ -1,0 +1,158 @@
+"""Plumbing the training scripts share: checkpoints, resume, the NaN guard, evaluation and best selection, logs.
+
+Each script keeps its own training step (forward, losses, optimizer steps) and its own
+epoch loop; what is here is what they would otherwise repeat word for word.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+
+from rlq.checkpoint import load_state_checked, plain, provenance, set_rng_states
+from rlq.data import DatasetLayoutError, ReIDDataset
+from rlq.evaluation import evaluate_model, headline_key, results_table
+from rlq.recolour import Recolouring, num_colours, widen_pid2clothes
+
+# Checkpoint entries needed only to continue training (best.pt leaves them out).
+TRAINING_STATE = ("optimizer", "clothes_optimizer", "scheduler", "scaler", "rng", "history", "phase")
+
+
+class NonFiniteLoss(RuntimeError):
+    """A loss term became NaN or infinite: the run stops, keeping the last good checkpoint."""
+
+
+def eval_sets(dataset: ReIDDataset, select_on: str) -> tuple[dict, list]:
+    """Splits and evaluations that pick the best checkpoint."""
+    if select_on == "test":
+        return dataset.splits, dataset.evaluations
+    if not dataset.val_evaluations:
+        raise DatasetLayoutError(f"{dataset.name} at '{dataset.root}' has no validation split: use --select-on test")
+    return dataset.val_splits, dataset.val_evaluations
+
+
+def clothes_classes(dataset: ReIDDataset, masks: Path | None) -> tuple[Recolouring | None, np.ndarray]:
+    """The recolouring (None without masks) and the pid -> clothes matrix the CAL loss uses."""
+    if masks is None:
+        return None, dataset.pid2clothes
+    colours = num_colours(dataset.name)
+    return Recolouring(masks, dataset.num_train_clothes, colours), widen_pid2clothes(dataset.pid2clothes, colours)
+
+
+def check_finite(terms: dict[str, torch.Tensor], accelerator: Accelerator, epoch: int, step: int) -> dict[str, float]:
+    """Loss terms averaged over processes; raise if any is not finite (on every process, so none hangs)."""
+    values = accelerator.reduce(torch.stack([t.detach().float() for t in terms.values()]), reduction="mean")
+    named = dict(zip(terms, values.tolist()))
+    if not all(math.isfinite(v) for v in named.values()):
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in named.items())
+        raise NonFiniteLoss(f"non-finite loss at epoch {epoch}, step {step}: {shown}; stopping (the last good checkpoint is kept)")
+    return named
+
+
+def share_batchnorm_statistics(model: torch.nn.Module, accelerator: Accelerator) -> None:
+    """Give every process rank 0's BatchNorm running statistics (the ones the checkpoint saves).
+
+    DDP broadcasts buffers only at the start of a forward, so after the last training step each
+    process holds statistics updated by its own batch; evaluating with those would make the
+    shards' features inconsistent with each other and with the checkpoint.
+    """
+    if accelerator.num_processes > 1:
+        for buffer in accelerator.unwrap_model(model).buffers():
+            torch.distributed.broadcast(buffer, src=0)
+
+
+def resume_path(path: Path) -> Path:
+    return path / "last.pt" if path.is_dir() else path
+
+
+def training_checkpoint(cfg, accelerator: Accelerator, *, model, clothes_classifier, optimizer, clothes_optimizer, scheduler,
+                        epochs_done: int, best, history, rng, arch: str, arch_kwargs: dict, dataset: ReIDDataset) -> dict:
+    """Everything needed to continue the run, and everything that tells how it was made (see rlq.checkpoint)."""
+    checkpoint = {
+        "model": accelerator.unwrap_model(model).state_dict(),
+        "clothes_classifier": accelerator.unwrap_model(clothes_classifier).state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "clothes_optimizer": clothes_optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": rng,  # one entry per process, in rank order
+        "epoch": epochs_done,
+        "best": best,
+        "history": history,
+    } | provenance(
+        asdict(cfg),
+        arch=arch,
+        backbone=cfg.backbone,
+        arch_kwargs=arch_kwargs,
+        classes={
+            "num_pids": dataset.num_train_pids,
+            "num_clothes": accelerator.unwrap_model(clothes_classifier).weight.shape[0],
+            "num_original_clothes": dataset.num_train_clothes,
+        },
+        dataset=dataset.name,
+        input_size=(cfg.height, cfg.width),
+    )
+    if accelerator.scaler is not None:
+        checkpoint["scaler"] = accelerator.scaler.state_dict()
+    return checkpoint
+
+
+def without_training_state(checkpoint: dict) -> dict:
+    """best.pt: the model and how it was made, without what only a resume needs."""
+    return {k: v for k, v in checkpoint.items() if k not in TRAINING_STATE}
+
+
+def restore(checkpoint, cfg, model, clothes_classifier, optimizer, clothes_optimizer, scheduler, accelerator, source) -> None:
+    """Load a last.pt into the (not yet prepared) model, classifier, optimizers, scheduler, scaler and RNGs."""
+    load_state_checked(model, checkpoint["model"], source)
+    load_state_checked(clothes_classifier, checkpoint["clothes_classifier"], f"{source} (clothes classifier)")
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    clothes_optimizer.load_state_dict(checkpoint["clothes_optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    if "scaler" in checkpoint and accelerator.scaler is not None:
+        accelerator.scaler.load_state_dict(checkpoint["scaler"])
+    states = checkpoint["rng"]
+    if len(states) != accelerator.num_processes:
+        accelerator.print(f"warning: {source} was written by {len(states)} processes, not {accelerator.num_processes}: "
+                          "the run continues, but not bit-for-bit as it would have")
+    set_rng_states(states[accelerator.process_index % len(states)])
+    changed = {k: (checkpoint["config"].get(k), v) for k, v in plain(asdict(cfg)).items()
+               if k != "resume" and checkpoint["config"].get(k) != v}
+    if changed:  # allowed (e.g. more --epochs), but the run no longer matches its first config
+        accelerator.print("options changed since the checkpoint: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()))
+
+
+def evaluate_and_select(model, dataset: ReIDDataset, splits: dict, evaluations: list, accelerator: Accelerator, *,
+                        epoch: int, split_name: str, best: dict | None, history: dict, global_step: int,
+                        **loader_options) -> tuple[dict | None, bool]:
+    """Evaluate (all processes extract, the main process ranks), log, and keep the best by headline (top-1, mAP).
+
+    Returns (best, improved); `improved` is True on the main process only. Call it on every process.
+    """
+    share_batchnorm_statistics(model, accelerator)
+    results = evaluate_model(accelerator.unwrap_model(model), splits, evaluations, accelerator, **loader_options)
+    if not accelerator.is_main_process:
+        return best, False
+    accelerator.print(f"epoch {epoch} ({split_name}):\n{results_table(results)}")
+    history["evaluations"].append({"epoch": epoch, "split": split_name, "results": results})
+    accelerator.log({f"{split_name}/{name}/{m}": results[name][m] for name in results for m in ("top1", "mAP")}, step=global_step)
+    top1, mAP = headline_key(results, dataset.headline)
+    if best is not None and (top1, mAP) <= (best["top1"], best["mAP"]):
+        return best, False
+    return {"epoch": epoch, "evaluation": dataset.headline, "top1": top1, "mAP": mAP, "results": results}, True
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def tensorboard_config(cfg) -> dict:
+    """TensorBoard hparams accept only scalars and strings."""
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in plain(asdict(cfg)).items()}

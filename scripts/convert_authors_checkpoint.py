@@ -1,0 +1,45 @@
+"""Convert one of the authors' released checkpoints (.pth.tar) into this project's checkpoint format.
+
+    python scripts/convert_authors_checkpoint.py --src rlq_ltcc.pth.tar --out checkpoints/rlq_ltcc.pt
+
+`evaluate.py --checkpoint` and `train_rlq.py --teacher` read the authors' files directly as
+well; converting once skips the conversion on every start and gives a file that records the
+inferred architecture, backbone, split points and class counts (see `rlq.authors`). Their
+files do not say which dataset they were trained on: evaluate.py needs `--dataset`.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from rlq.authors import describe
+from rlq.checkpoint import CheckpointError, load_checkpoint, save_atomic
+
+
+@dataclass
+class Args:
+    """Convert an authors' checkpoint into this project's format."""
+
+    src: Path
+    """The authors' checkpoint (torch.save of model_state_dict, classifier_state_dict, ...)."""
+    out: Path
+    """Where to write the converted checkpoint (written atomically)."""
+
+
+def main(args: Args) -> None:
+    checkpoint = load_checkpoint(args.src)
+    if "authors_checkpoint" not in checkpoint["config"]:
+        raise CheckpointError(f"'{args.src}' is a checkpoint of this project, not one of the authors'")
+    save_atomic(checkpoint, args.out)
+    print(f"{args.src}: {describe(checkpoint)}, {checkpoint['classes']['num_clothes']} clothes classes -> {args.out}")
+
+
+if __name__ == "__main__":
+    import tyro
+
+    try:
+        main(tyro.cli(Args))
+    except CheckpointError as error:
+        sys.exit(f"error: {error}")

@@ -1,0 +1,291 @@
+"""Train the three-branch model with coarse attribute prediction (CGAL / CAP): base model + gender + pose.
+
+The model is the RLQ student architecture (CAL branch f1, ID branch f2, pose branch f3)
+trained on one dataset with the full CAP loss; its checkpoints also serve as a TAD
+teacher (train_rlq.py --teacher). One training step, top to bottom in `train_one_epoch`:
+
+1. forward the batch (originals, plus their recoloured copies with --masks);
+2. from --cal-start-epoch on, one step of the clothes classifier (the CAL
+   discriminator, its own Adam, not scheduled) on the detached f1;
+3. the clothes logits of the live f1 with the updated discriminator;
+4. backbone loss = CE(o1) + CE(o2) + CE(pose) + CE(gender) + KL(o2 -> o1)
+   + mean|cos(f2, f3)| + Triplet(f2) + [epoch >= start] CAL(f1)
+   (--attributes drops the gender or pose terms; --disentangle picks f1/f2/both against f3);
+5. one optimizer step for the trunk, branches and all heads.
+
+    python train_cgal.py --dataset synthetic --gender-csv G.csv --pose-csv P.csv --output runs/cgal-synthetic --no-pretrained --backbone resnet18
+    accelerate launch --multi_gpu --num_processes 2 train_cgal.py --dataset ltcc --root /data/LTCC_ReID \\
+        --gender-csv LTCC_Gender.csv --pose-csv LTCC_Pose_Cluster.csv --output runs/cgal-ltcc
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate.utils import ProjectConfiguration, set_seed
+from tqdm import tqdm
+
+from rlq.attributes import AttributeFileError, label_training_samples, num_pose_classes
+from rlq.checkpoint import CheckpointError, load_checkpoint, rng_states_of_all_processes, save_atomic
+from rlq.data import DatasetLayoutError, load_dataset, summary_table
+from rlq.launch import LaunchError, check_launch
+from rlq.loaders import AttributedTrainImages, train_loader
+from rlq.losses import (
+    abs_cosine_loss,
+    clothes_adversarial_loss,
+    clothes_discriminator_loss,
+    cross_entropy_smooth,
+    softened_kl,
+    triplet_loss,
+)
+from rlq.model import CosineClassifier, build_model
+from rlq.sampler import PKSampler
+from rlq.training import (
+    NonFiniteLoss,
+    check_finite,
+    clothes_classes,
+    eval_sets,
+    evaluate_and_select,
+    restore,
+    resume_path,
+    tensorboard_config,
+    training_checkpoint,
+    without_training_state,
+    write_json_atomic,
+)
+from rlq.transforms import TrainTransform
+
+Attribute = Literal["gender", "pose"]
+
+
+@dataclass
+class Config:
+    """Train the three-branch model with the CAP loss (base + gender + pose); defaults reproduce the paper."""
+
+    dataset: Literal["ltcc", "prcc", "celeb", "last", "deepchange", "synthetic", "synthetic-external"] = "ltcc"
+    """Which dataset layout to read."""
+    root: Path | None = None
+    """Dataset folder (e.g. /data/LTCC_ReID). Optional for the synthetic datasets (generated into a cache)."""
+    output: Path = Path("runs/cgal")
+    """Run folder: best.pt, last.pt, metrics.json and tensorboard/."""
+    attributes: tuple[Attribute, ...] = ("gender", "pose")
+    """Coarse attributes to predict: gender (head on --gender-input), pose (pose branch f3 + |cos| disentangling), or both."""
+    gender_csv: Path | None = None
+    """Gender CSV (Category,ID,Gender; 1 male, 0 female); needed with --attributes gender."""
+    pose_csv: Path | None = None
+    """Pose-cluster CSV (Category,Image,<variant>_<K>,...) from preprocess_pose.py or the authors; needed with --attributes pose."""
+    pose_column: str = "R_LA_15"
+    """Pose-CSV column with the labels; K+1 pose classes (0 = no skeleton)."""
+    missing_attributes: Literal["error", "zero"] = "error"
+    """A training identity/image absent from an attribute file: an error, or (explicitly) label 0."""
+    gender_input: Literal["f1", "f2", "concat"] = "f2"
+    """Feature the gender head sees: f2 (paper), f1, or concat(f1, f2)."""
+    disentangle: Literal["f1", "f2", "both"] = "f2"
+    """Feature(s) pushed away from the pose feature f3 by mean |cos(., f3)| (with pose)."""
+    backbone: str = "resnet50.tv_in1k"
+    """timm ResNet name (the authors used torchvision's ImageNet ResNet-50)."""
+    pretrained: bool = True
+    """Start the trunk from ImageNet weights (timm hub, or --pretrained-weights)."""
+    pretrained_weights: Path | None = None
+    """Local ImageNet state dict of the trunk (.pth / .safetensors), instead of the timm hub."""
+    split_after: Literal["layer1", "layer2", "layer3"] = "layer2"
+    """The trunk stage after which the CAL and ID branches fork."""
+    pose_split_after: Literal["layer1", "layer2", "layer3"] = "layer1"
+    """The trunk stage after which the pose branch forks (no later than --split-after)."""
+    height: int = 384
+    """Input height."""
+    width: int = 192
+    """Input width."""
+    epochs: int = 200
+    """Training epochs (the paper: 200 on LTCC and PRCC)."""
+    lr: float = 3.5e-4
+    """Adam learning rate (model and clothes classifier)."""
+    weight_decay: float = 5e-4
+    """Adam weight decay (coupled L2, all parameters)."""
+    milestones: tuple[int, ...] = (20, 40)
+    """Epochs at which the model's learning rate is multiplied by --gamma (the clothes classifier's is not)."""
+    gamma: float = 0.1
+    """Learning-rate decay factor at each milestone."""
+    batch_size: int = 28
+    """Images per process per step (P identities x K images), before recoloured copies (the authors' LTCC ablations: 28)."""
+    num_instances: int = 4
+    """K: images per identity in a batch."""
+    cal_start_epoch: int = 25
+    """First (0-based) epoch with the clothes discriminator step and the CAL loss."""
+    masks: Path | None = None
+    """Clothes masks from preprocess_masks.py: turns on the recolouring augmentation (each image + a recoloured copy)."""
+    eval_every: int = 10
+    """Evaluate every N epochs (and after the last one)."""
+    select_on: Literal["test", "val"] = "test"
+    """Evaluations that pick best.pt: the test protocols, or the validation split (PRCC, LaST, DeepChange)."""
+    eval_batch_size: int = 128
+    """Images per process per evaluation batch."""
+    num_workers: int = 4
+    """Data-loader worker processes per process."""
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    """Autocast precision for forward passes (losses are computed in float32)."""
+    seed: int = 1
+    """Base seed: torch uses seed + rank; the sampler shares the seed; augmentation uses (seed, epoch, rank, worker)."""
+    resume: Path | None = None
+    """Continue a run from a last.pt (or a run folder holding one), exactly where it stopped."""
+    max_steps_per_epoch: int | None = None
+    """Cap on steps per epoch (quick runs and tests); by default an epoch is one pass of the P x K sampler."""
+
+
+def arch_kwargs(cfg: Config) -> dict:
+    return {"split_after": cfg.split_after, "pose_split_after": cfg.pose_split_after, "num_pose_classes": num_pose_classes(cfg.pose_column),
+            "gender_input": cfg.gender_input}
+
+
+def train_one_epoch(cfg, epoch, model, clothes_classifier, optimizer, clothes_optimizer, loader, pid2clothes, accelerator, global_step):
+    """One epoch of training; returns the mean of every loss term and the new global step."""
+    model.train()
+    clothes_classifier.train()
+    adversarial = epoch >= cfg.cal_start_epoch
+    disentangled = ("f1", "f2") if cfg.disentangle == "both" else (cfg.disentangle,)
+    steps = len(loader) if cfg.max_steps_per_epoch is None else min(len(loader), cfg.max_steps_per_epoch)
+    sums = defaultdict(float)
+    progress = tqdm(total=steps, desc=f"epoch {epoch}", disable=not accelerator.is_main_process, leave=False)
+    for step, (images, pids, clothes, attributes) in enumerate(loader):
+        if step == steps:
+            break
+        # [B, n, ...] with n = 2 when each image comes with its recoloured copy.
+        images = images.flatten(0, 1).to(accelerator.device, non_blocking=True, memory_format=torch.channels_last)
+        pids = pids.flatten().to(accelerator.device, non_blocking=True)
+        clothes = clothes.flatten().to(accelerator.device, non_blocking=True)
+        genders, poses = attributes.flatten(0, 1).to(accelerator.device, non_blocking=True).unbind(1)
+
+        out = model(images)
+        terms = {}
+        if adversarial:
+            # Discriminator step: the clothes classifier learns clothes from the detached f1.
+            terms["clothes_discriminator"] = clothes_discriminator_loss(clothes_classifier(out.f1.detach()), clothes)
+            clothes_optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(terms["clothes_discriminator"])
+            clothes_optimizer.step()
+        terms["id_f1"] = cross_entropy_smooth(out.id_logits_f1, pids)
+        terms["id_f2"] = cross_entropy_smooth(out.id_logits_f2, pids)
+        if "pose" in cfg.attributes:
+            terms["pose"] = cross_entropy_smooth(out.pose_logits, poses)
+        if "gender" in cfg.attributes:
+            terms["gender"] = cross_entropy_smooth(out.gender_logits, genders)
+        terms["kl"] = softened_kl(out.id_logits_f1, out.id_logits_f2)
+        if "pose" in cfg.attributes:
+            for name in disentangled:
+                terms[f"disentangle_{name}"] = abs_cosine_loss(getattr(out, name), out.f3)
+        terms["triplet"] = triplet_loss(out.f2, pids)
+        if adversarial:
+            # The updated discriminator's view of the live f1 (its own gradients from this pass are discarded).
+            with accelerator.no_sync(clothes_classifier):
+                cosines = clothes_classifier(out.f1)
+            terms["cal"] = clothes_adversarial_loss(cosines, clothes, pids, pid2clothes)
+        terms["total"] = torch.stack([v for k, v in terms.items() if k != "clothes_discriminator"]).sum()
+        values = check_finite(terms, accelerator, epoch, step)
+
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(terms["total"])
+        optimizer.step()
+
+        global_step += 1
+        for k, v in values.items():
+            sums[k] += v
+        accelerator.log({f"loss/{k}": v for k, v in values.items()}, step=global_step)
+        progress.set_postfix({k: f"{v:.3f}" for k, v in values.items()})
+        progress.update()
+    progress.close()
+    return {k: v / steps for k, v in sums.items()}, global_step
+
+
+def main(cfg: Config) -> dict:
+    """Train; returns the best evaluation (epoch, top-1, mAP and all results) on the main process, None elsewhere."""
+    # Without one of the attributes its head (gender) or branch (pose) gets no gradient: DDP must allow that.
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=set(cfg.attributes) != {"gender", "pose"})
+    accelerator = Accelerator(
+        mixed_precision=cfg.mixed_precision,
+        log_with="tensorboard",
+        project_config=ProjectConfiguration(project_dir=str(cfg.output), logging_dir=str(cfg.output / "tensorboard")),
+        kwargs_handlers=[ddp],
+    )
+    check_launch(accelerator)
+    set_seed(cfg.seed + accelerator.process_index)
+    dataset = load_dataset(cfg.dataset, cfg.root)
+    splits, evaluations = eval_sets(dataset, cfg.select_on)
+    train = label_training_samples(dataset.train, cfg.attributes, cfg.gender_csv, cfg.pose_csv, cfg.pose_column, cfg.missing_attributes)
+    accelerator.print(summary_table(dataset))
+
+    recolouring, pid2clothes = clothes_classes(dataset, cfg.masks)
+    model = build_model("rlq", dataset.num_train_pids, cfg.backbone, cfg.pretrained,
+                        str(cfg.pretrained_weights) if cfg.pretrained_weights else None, **arch_kwargs(cfg))
+    model = model.to(accelerator.device, memory_format=torch.channels_last)
+    clothes_classifier = CosineClassifier(model.feature_dim, pid2clothes.shape[1]).to(accelerator.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    clothes_optimizer = torch.optim.Adam(clothes_classifier.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.milestones), gamma=cfg.gamma)
+
+    start_epoch, best, history = 0, None, {"train": [], "evaluations": []}
+    if cfg.resume is not None:
+        source = resume_path(cfg.resume)
+        checkpoint = load_checkpoint(source)
+        restore(checkpoint, cfg, model, clothes_classifier, optimizer, clothes_optimizer, scheduler, accelerator, f"checkpoint '{source}'")
+        start_epoch, best, history = checkpoint["epoch"], checkpoint["best"], checkpoint["history"]
+        accelerator.print(f"resumed from {source} after epoch {start_epoch - 1}")
+
+    # The scheduler stays unprepared: it steps once per epoch, whatever the process count.
+    model, clothes_classifier, optimizer, clothes_optimizer = accelerator.prepare(model, clothes_classifier, optimizer, clothes_optimizer)
+    pid2clothes = torch.as_tensor(pid2clothes, device=accelerator.device)
+
+    train_set = AttributedTrainImages(train, TrainTransform(cfg.height, cfg.width), cfg.seed, accelerator.process_index, recolouring)
+    sampler = PKSampler([s.pid for s in train], batch_size=cfg.batch_size, num_instances=cfg.num_instances,
+                        seed=cfg.seed, rank=accelerator.process_index, world_size=accelerator.num_processes)
+    loader = train_loader(train_set, sampler, cfg.batch_size, cfg.num_workers)
+    loader_options = dict(height=cfg.height, width=cfg.width, batch_size=cfg.eval_batch_size, num_workers=cfg.num_workers)
+
+    cfg.output.mkdir(parents=True, exist_ok=True)
+    accelerator.init_trackers("train_cgal", config=tensorboard_config(cfg))
+    global_step = sum(entry["steps"] for entry in history["train"])
+    for epoch in range(start_epoch, cfg.epochs):
+        sampler.set_epoch(epoch)
+        train_set.set_epoch(epoch)
+        first_step = global_step
+        losses, global_step = train_one_epoch(cfg, epoch, model, clothes_classifier, optimizer, clothes_optimizer,
+                                              loader, pid2clothes, accelerator, global_step)
+        history["train"].append({"epoch": epoch, "steps": global_step - first_step, "lr": scheduler.get_last_lr()[0], **losses})
+        scheduler.step()
+        accelerator.print(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items()))
+
+        improved = False
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+            best, improved = evaluate_and_select(model, dataset, splits, evaluations, accelerator, epoch=epoch, split_name=cfg.select_on,
+                                                 best=best, history=history, global_step=global_step, **loader_options)
+
+        rng = rng_states_of_all_processes()  # so that a resume restores each rank's own
+        if accelerator.is_main_process:
+            checkpoint = training_checkpoint(cfg, accelerator, model=model, clothes_classifier=clothes_classifier, optimizer=optimizer,
+                                             clothes_optimizer=clothes_optimizer, scheduler=scheduler, epochs_done=epoch + 1,
+                                             best=best, history=history, rng=rng, arch="rlq", arch_kwargs=arch_kwargs(cfg),
+                                             dataset=dataset)
+            if improved:
+                save_atomic(without_training_state(checkpoint), cfg.output / "best.pt")
+            save_atomic(checkpoint, cfg.output / "last.pt")
+            write_json_atomic(cfg.output / "metrics.json", {"best": best, **history})
+        accelerator.wait_for_everyone()
+
+    if best is not None:
+        accelerator.print(f"best: epoch {best['epoch']}, {best['evaluation']} top-1 {100 * best['top1']:.1f}, mAP {100 * best['mAP']:.1f}")
+    accelerator.end_training()
+    return best
+
+
+if __name__ == "__main__":
+    import tyro
+
+    try:
+        main(tyro.cli(Config))
+    except (NonFiniteLoss, CheckpointError, DatasetLayoutError, AttributeFileError, LaunchError, ValueError) as error:
+        sys.exit(f"error: {error}")
