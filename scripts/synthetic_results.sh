@@ -10,7 +10,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PY=${PY:-.venv/bin/python}
+# The project venv when there is one (as .ci/run makes it), else the python on PATH.
+if [[ -z "${PY:-}" ]]; then [[ -x .venv/bin/python ]] && PY=.venv/bin/python || PY=python; fi
 OUT=${OUT:-runs/synthetic-results}
 EPOCHS=${EPOCHS:-8}
 TEACHER_EPOCHS=${TEACHER_EPOCHS:-10}
@@ -28,7 +29,9 @@ run() {  # run NAME COMMAND...: skip a stage whose last.pt says it finished
   local name=$1; shift
   if [[ -f "$OUT/$name/done" ]]; then echo "== $name: done already"; return; fi
   echo "== $name: $*"
-  /usr/bin/time -f "$name: %e s" -a -o "$OUT/times.txt" "$@" > "$OUT/$name.log" 2>&1
+  local start=$SECONDS
+  "$@" > "$OUT/$name.log" 2>&1
+  echo "$name: $((SECONDS - start)) s" >> "$OUT/times.txt"
   touch "$OUT/$name/done"
 }
 
