@@ -16,29 +16,19 @@ from rlq.sampler import PKSampler
 from rlq.transforms import EvalTransform, TrainTransform, load_image, tad_pair, worker_rng
 
 
-class TrainImages(Dataset):
-    """Training images: item i -> (images [n, 3, H, W], pids [n], clothes [n]).
+class EpochSeededImages(Dataset):
+    """Images of `samples` whose augmentation draws come from one generator per (seed, epoch, rank, loader worker).
 
-    n = 1 (the augmented original), or 2 with recolouring (original, then its
-    recoloured copy with its colour clothes label). Augmentation draws come from
-    one generator per (seed, epoch, rank, loader worker), created on the first
-    item of the epoch in each worker: call `set_epoch` before every epoch and
-    use non-persistent workers, so the workers pick up the new epoch.
+    The generator is created on the first item of the epoch in each worker: call
+    `set_epoch` before every epoch and use non-persistent workers, so the workers
+    pick up the new epoch.
     """
 
-    def __init__(
-        self,
-        samples: list[Sample],
-        transform: TrainTransform,
-        seed: int,
-        rank: int,
-        recolouring: Recolouring | None = None,
-    ) -> None:
+    def __init__(self, samples: list[Sample], transform: TrainTransform, seed: int, rank: int) -> None:
         self.samples = samples
         self.transform = transform
         self.seed = seed
         self.rank = rank
-        self.recolouring = recolouring
         self.epoch = 0
         self._rng: np.random.Generator | None = None
 
@@ -49,15 +39,38 @@ class TrainImages(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    @property
+    def rng(self) -> np.random.Generator:
         if self._rng is None:
             self._rng = worker_rng(self.seed, self.epoch, self.rank)
-        sample = self.samples[index]
+        return self._rng
+
+
+class TrainImages(EpochSeededImages):
+    """Training images: item i -> (images [n, 3, H, W], pids [n], clothes [n]).
+
+    n = 1 (the augmented original), or 2 with recolouring (original, then its
+    recoloured copy with its colour clothes label).
+    """
+
+    def __init__(
+        self,
+        samples: list[Sample],
+        transform: TrainTransform,
+        seed: int,
+        rank: int,
+        recolouring: Recolouring | None = None,
+    ) -> None:
+        super().__init__(samples, transform, seed, rank)
+        self.recolouring = recolouring
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        sample, rng = self.samples[index], self.rng
         img = load_image(sample.path)
-        images, clothes = [self.transform(img, self._rng)], [sample.clothes_id]
+        images, clothes = [self.transform(img, rng)], [sample.clothes_id]
         if self.recolouring is not None:
-            recoloured, label = self.recolouring(img, sample, self._rng)
-            images.append(self.transform(recoloured, self._rng))
+            recoloured, label = self.recolouring(img, sample, rng)
+            images.append(self.transform(recoloured, rng))
             clothes.append(label)
         pids = torch.full((len(images),), sample.pid, dtype=torch.long)
         return torch.stack(images), pids, torch.tensor(clothes, dtype=torch.long)
@@ -122,34 +135,20 @@ class AttributedTrainImages(TrainImages):
         return images, pids, clothes, torch.tensor([[sample.gender, sample.pose]]).expand(len(images), 2)
 
 
-class TADPairs(Dataset):
+class TADPairs(EpochSeededImages):
     """External images for task-agnostic distillation: item i -> (x_hq [3, H, W], x_lq [3, H, W]).
 
     x_lq is a synthetic low-quality copy drawn with the TARGET dataset's degradation mix;
     each view then goes through the training augmentation independently (`tad_pair`).
-    Randomness: one generator per (seed, epoch, rank, loader worker), as `TrainImages`.
+    Randomness: one generator per (seed, epoch, rank, loader worker) (`EpochSeededImages`).
     """
 
     def __init__(self, samples: list[Sample], transform: TrainTransform, mix: str, seed: int, rank: int) -> None:
-        self.samples = samples
-        self.transform = transform
+        super().__init__(samples, transform, seed, rank)
         self.mix = mix
-        self.seed = seed
-        self.rank = rank
-        self.epoch = 0
-        self._rng: np.random.Generator | None = None
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        self._rng = None
-
-    def __len__(self) -> int:
-        return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._rng is None:
-            self._rng = worker_rng(self.seed, self.epoch, self.rank)
-        return tad_pair(load_image(self.samples[index].path), self.mix, self.transform, self._rng)
+        return tad_pair(load_image(self.samples[index].path), self.mix, self.transform, self.rng)
 
 
 def tad_loader(dataset: TADPairs, batch_size: int, num_workers: int, seed: int, rank: int,
