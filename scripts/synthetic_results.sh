@@ -2,7 +2,7 @@
 # Teacher, base, CGAL and RLQ on the synthetic dataset with one budget and seed, each evaluated clean and
 # under every synthetic degradation; writes markdown tables of top-1 / mAP (CC and standard) to $OUT/results.md.
 #
-#   scripts/synthetic_results.sh                 # about 20-25 minutes on 2 idle CPU cores (stages already done are skipped)
+#   scripts/synthetic_results.sh                 # about 30 minutes on 2 idle CPU cores (stages already done are skipped)
 #   OUT=runs/x EPOCHS=8 SEED=1 scripts/synthetic_results.sh
 #
 # Every model: resnet18 from random init (--no-pretrained), 128x64 inputs, batch 32, --epochs $EPOCHS
