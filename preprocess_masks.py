@@ -46,10 +46,10 @@ from rlq.masks import (
     size_bucket,
     size_csv_name,
     size_row,
-    write_csv_atomic,
     write_key_list,
     write_mask_png,
 )
+from rlq.files import write_csv_atomic
 from rlq.pose import image_size
 
 

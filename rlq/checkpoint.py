@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 import rlq
+from rlq.files import atomic_output
 from rlq.model import build_model
 
 
@@ -79,14 +80,8 @@ def provenance(config: dict, arch: str, backbone: str, arch_kwargs: dict, classe
 
 def save_atomic(obj: dict, path: Path) -> None:
     """torch.save to a temporary file beside `path`, then rename: a kill never leaves half a checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_output(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # The authors' files store their rank-1 as a numpy scalar (numpy 1.x pickles it under numpy.core, 2.x under numpy._core).

@@ -16,17 +16,14 @@ SCHP human parsing (LIP labels) and writes, under its output folder:
 - `<out>/sizes.csv` — `Category,Image,<32,32-64,64-128,128-256,>256`, one-hot
   per image, bucketed by image HEIGHT in pixels (`size_bucket`).
 
-Every file is written atomically (`atomic_output`), so an interrupted run
+Every file is written atomically (`rlq.files.atomic_output`), so an interrupted run
 leaves either the previous file or the new one, never a partial one.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import os
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +31,7 @@ from PIL import Image
 from scipy import ndimage
 
 from rlq.data import Sample
+from rlq.files import atomic_output, write_text_atomic
 
 NUM_LIP_LABELS = 20
 # LIP ids of each mask (data.md section 4); the silhouette is every label but background.
@@ -78,36 +76,6 @@ class MaskInputError(ValueError):
 # --------------------------------------------------------------------------- writing files
 
 
-@contextmanager
-def atomic_output(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path` and move it onto `path` only if the block succeeds.
-
-    The rename is atomic on one file system, so readers (and re-runs after a
-    crash) never see a half-written file. The temporary name carries the pid so
-    two processes never share one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    with atomic_output(path) as tmp:
-        tmp.write_text(text, encoding="utf-8", newline="")
-
-
-def write_csv_atomic(path: Path, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
-    """A CSV with '\\n' line ends (like the authors' files), written atomically."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    write_text_atomic(path, buffer.getvalue())
 
 
 # --------------------------------------------------------------------------- parsing maps

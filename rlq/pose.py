@@ -33,7 +33,7 @@ from PIL import Image, ImageDraw, ImageOps
 from sklearn.cluster import KMeans
 
 from rlq.data import Sample
-from rlq.masks import write_csv_atomic
+from rlq.files import write_csv_atomic
 
 NUM_KEYPOINTS = 17
 BODY_LINES = ((0, 1), (0, 2), (1, 3), (2, 4), (5, 6), (5, 7), (7, 9), (6, 8), (8, 10), (11, 13), (12, 14), (13, 15), (14, 16))

@@ -18,6 +18,7 @@ from accelerate import Accelerator
 from rlq.checkpoint import load_state_checked, plain, provenance, set_rng_states
 from rlq.data import DatasetLayoutError, ReIDDataset
 from rlq.evaluation import evaluate_model, headline_key, results_table
+from rlq.files import write_text_atomic
 from rlq.recolour import Recolouring, num_colours, widen_pid2clothes
 
 # Checkpoint entries needed only to continue training (best.pt leaves them out).
@@ -148,9 +149,7 @@ def evaluate_and_select(model, dataset: ReIDDataset, splits: dict, evaluations: 
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def tensorboard_config(cfg) -> dict:
