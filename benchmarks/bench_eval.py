@@ -47,7 +47,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=PROTOCOLS)
-    p.add_argument("--repeats", type=int, default=3, help="timed runs; the minimum is reported")
+    p.add_argument("--repeats", type=int, default=3, help="timed rounds; the minimum of each is reported")
     p.add_argument("--chunk-size", type=int, default=None)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--skip-reference", action="store_true",
@@ -118,18 +118,13 @@ def reference_evaluate(query_features, gallery_features, query_pids, gallery_pid
     return {**{k: float(v) / num_valid for k, v in sums.items()}, "num_valid_queries": num_valid}
 
 
-def best_time(fn: Callable[[], dict], repeats: int, sync: Callable[[], None],
-              warm_up: bool = True) -> tuple[float, dict]:
-    """Minimum wall time over `repeats` runs (after an untimed warm-up run) and the result."""
-    result = fn() if warm_up else None
-    best = float("inf")
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        result = fn()
-        sync()
-        best = min(best, time.perf_counter() - start)
-    return best, result
+def timed(fn: Callable[[], dict], sync: Callable[[], None]) -> tuple[float, dict]:
+    """Wall time of one run of fn, and its result."""
+    sync()
+    start = time.perf_counter()
+    result = fn()
+    sync()
+    return time.perf_counter() - start, result
 
 
 def machine_description(device: torch.device) -> str:
@@ -148,6 +143,27 @@ def machine_description(device: torch.device) -> str:
     return "; ".join(parts)
 
 
+def cpu_parallel_speedup() -> float:
+    """How much faster a matrix product runs on all torch threads than on one.
+
+    Near the thread count on an idle machine; lower when other work (on a
+    shared virtual machine, other tenants) takes the cores. Printed at the
+    start and end of a run, to tell what the timings were measured on.
+    """
+    threads = torch.get_num_threads()
+    a = torch.randn(768, 768)
+
+    def best_seconds(num_threads: int) -> float:
+        torch.set_num_threads(num_threads)
+        a @ a  # warm-up
+        return min(timed(lambda: a @ a, lambda: None)[0] for _ in range(7))
+
+    try:
+        return best_seconds(1) / best_seconds(threads)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def main() -> None:
     args = parse_args()
     if args.threads:
@@ -156,6 +172,7 @@ def main() -> None:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     print("command:", shlex.join([sys.executable, *sys.argv]))
     print("machine:", machine_description(device))
+    print(f"CPU parallel speed-up at start: {cpu_parallel_speedup():.2f}x on {torch.get_num_threads()} threads")
 
     data = make_data(args)
     on_device = {k: torch.from_numpy(v).to(device) for k, v in data.items()}
@@ -168,22 +185,37 @@ def main() -> None:
 
     failures = 0
     for protocol in args.protocols:
-        fast_s, fast = best_time(
-            lambda: evaluate(**on_device, protocol=protocol, chunk_size=args.chunk_size), args.repeats, sync)
+        def fast_run() -> dict:
+            return evaluate(**on_device, protocol=protocol, chunk_size=args.chunk_size)
+
+        def reference_run() -> dict:
+            return reference_evaluate(**data, protocol=protocol)
+
+        fast_run()  # warm-up (plain numpy has nothing to warm up)
+        # Rounds alternate the two, so that both see the same machine load
+        # (a shared machine's speed drifts over minutes); best of each reported.
+        fast_times, ref_times = [], []
+        for _ in range(args.repeats):
+            seconds, fast = timed(fast_run, sync)
+            fast_times.append(seconds)
+            if not args.skip_reference:
+                seconds, ref = timed(reference_run, lambda: None)
+                ref_times.append(seconds)
+        fast_s = min(fast_times)
         summary = ", ".join(f"{k} {fast[k]:.4f}" for k in METRIC_KEYS)
         print(f"\n[{protocol}] {summary}, valid queries {fast['num_valid_queries']}")
         if args.skip_reference:
             print(f"[{protocol}] rlq.metrics.evaluate {fast_s * 1e3:.1f} ms")
             continue
-        # Plain numpy has nothing to warm up (and takes seconds per run).
-        ref_s, ref = best_time(lambda: reference_evaluate(**data, protocol=protocol),
-                               args.repeats, lambda: None, warm_up=False)
+        ref_s = min(ref_times)
+        rounds = [r / f for f, r in zip(fast_times, ref_times)]
         diff = max(abs(fast[k] - ref[k]) for k in METRIC_KEYS)
         same = diff <= TOLERANCE and fast["num_valid_queries"] == ref["num_valid_queries"]
         failures += not same
         print(f"[{protocol}] rlq.metrics.evaluate {fast_s * 1e3:.1f} ms | per-query numpy reference "
-              f"{ref_s * 1e3:.1f} ms | speed-up {ref_s / fast_s:.1f}x | max metric difference {diff:.2e} "
-              f"({'same' if same else 'MISMATCH'})")
+              f"{ref_s * 1e3:.1f} ms | speed-up {ref_s / fast_s:.1f}x (rounds {min(rounds):.1f}x to "
+              f"{max(rounds):.1f}x) | max metric difference {diff:.2e} ({'same' if same else 'MISMATCH'})")
+    print(f"\nCPU parallel speed-up at end: {cpu_parallel_speedup():.2f}x on {torch.get_num_threads()} threads")
     sys.exit(1 if failures else 0)
 
 

@@ -182,8 +182,8 @@ def test_both_counting_cases_are_exercised(monkeypatch):
     corrections = []
     original = metrics._foreign_in_shared_bins
 
-    def spy(sims, bins, item_bins, cols, shared, *args):
-        result = original(sims, bins, item_bins, cols, shared, *args)
+    def spy(sims, bins, num_bins, item_bins, cols, shared, *args):
+        result = original(sims, bins, num_bins, item_bins, cols, shared, *args)
         corrections.append(result[shared])
         return result
 
@@ -230,6 +230,61 @@ def test_no_valid_query_raises():
     problem["gallery_camids"][:] = problem["query_camids"][:] = 0  # every match is junk
     with pytest.raises(ValueError, match="no valid query"):
         evaluate(**problem)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_worker_threads_give_the_reference_results(monkeypatch, workers):
+    """Chunks shared among CPU worker threads (each with its own workspace)
+    give exactly the reference numbers, and the caller's thread setting is
+    restored afterwards."""
+    monkeypatch.setattr(metrics, "_num_workers", lambda device: workers)
+    threads = torch.get_num_threads()
+    rng = np.random.default_rng(21)
+    problem = random_problem(rng, num_query=45, num_gallery=600, num_ids=15, num_cams=3,
+                             num_clothes=3, ties=False, structured=True)
+    for protocol in metrics.PROTOCOLS:
+        check_against_reference(problem, protocol, chunk_size=4)
+    assert torch.get_num_threads() == threads
+
+
+def test_worker_error_propagates_and_restores_threads(monkeypatch):
+    monkeypatch.setattr(metrics, "_num_workers", lambda device: 2)
+    threads = torch.get_num_threads()
+
+    def failing(*args):
+        raise RuntimeError("chunk failed")
+
+    monkeypatch.setattr(metrics, "_chunk_metrics", failing)
+    rng = np.random.default_rng(22)
+    problem = random_problem(rng, num_query=20, num_gallery=50, num_ids=5, num_cams=2,
+                             num_clothes=2, ties=False)
+    with pytest.raises(RuntimeError, match="chunk failed"):
+        evaluate(**problem, chunk_size=2)
+    assert torch.get_num_threads() == threads
+
+
+@pytest.mark.parametrize("candidates_per_bin", [1e-6, 1.0, 1e6])
+def test_bin_count_does_not_change_results(monkeypatch, candidates_per_bin):
+    """From the most bins allowed down to _MIN_BINS per row (the bin count
+    only moves work between the histogram and the exact comparison)."""
+    monkeypatch.setattr(metrics, "_CANDIDATES_PER_BIN", candidates_per_bin)
+    rng = np.random.default_rng(23)
+    for structured in (True, False):
+        problem = random_problem(rng, num_query=30, num_gallery=3000, num_ids=20, num_cams=3,
+                                 num_clothes=2, ties=False, structured=structured)
+        for protocol in metrics.PROTOCOLS:
+            check_against_reference(problem, protocol, chunk_size=6)
+
+
+def test_chunk_bins_follows_the_previous_chunk():
+    ws = metrics._Workspace.allocate(2, 100_000, metrics._max_bins(100_000), torch.device("cpu"))
+    assert metrics._chunk_bins(ws) == ws.max_bins  # nothing known yet
+    ws.candidates_per_row = 10 * metrics._CANDIDATES_PER_BIN * metrics._MIN_BINS
+    assert metrics._chunk_bins(ws) == metrics._LOW_BINS + 10 * metrics._MIN_BINS + 1
+    ws.candidates_per_row = 0.0
+    assert metrics._chunk_bins(ws) == metrics._LOW_BINS + metrics._MIN_BINS + 1
+    ws.candidates_per_row = 1e9
+    assert metrics._chunk_bins(ws) == ws.max_bins
 
 
 # --------------------------------------------------------------------------
@@ -364,6 +419,13 @@ def test_descending_key_orders_like_the_floats():
         for j in range(len(values)):
             assert (keys[i] < keys[j]) == bool(values[i] > values[j])
             assert (keys[i] == keys[j]) == bool(values[i] == values[j])
+
+
+def test_floor_div_matches_integer_division():
+    x = torch.cat([torch.arange(0, 5000), torch.randint(0, 2**40, (5000,)),
+                   torch.tensor([2**26 * 125_353 - 1, 2**26 * 125_353])])
+    for divisor in (1, 7, 20_000, 125_353):
+        assert torch.equal(metrics._floor_div(x, divisor), x // divisor)
 
 
 def test_sparse_nonzero_matches_nonzero():
