@@ -8,7 +8,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from rlq.data import Sample
 from rlq.recolour import Recolouring
@@ -78,6 +78,11 @@ class TrainImages(EpochSeededImages):
 
 def train_loader(dataset: TrainImages, sampler: PKSampler, batch_size: int, num_workers: int) -> DataLoader:
     """P x K batches of this process's shard (the sampler shards by rank itself: do not `accelerator.prepare` this)."""
+    return _epoch_loader(dataset, sampler, batch_size, num_workers)
+
+
+def _epoch_loader(dataset: Dataset, sampler: Sampler, batch_size: int, num_workers: int) -> DataLoader:
+    """Full batches in the order of a rank-aware sampler, with workers started afresh each epoch."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -159,13 +164,4 @@ def tad_loader(dataset: TADPairs, batch_size: int, num_workers: int, seed: int, 
     `accelerator.prepare` this loader).
     """
     sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True)
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=num_workers,
-        drop_last=True,
-        pin_memory=torch.cuda.is_available(),
-        persistent_workers=False,
-    )
-    return loader, sampler
+    return _epoch_loader(dataset, sampler, batch_size, num_workers), sampler
