@@ -14,6 +14,9 @@ folders of unlabelled images instead (`rlq.ranking`): every query's top-k galler
 with their similarities, as ranking.csv and one PNG per query.
 
     python evaluate.py --checkpoint rlq_ltcc.pth.tar --query-dir my/queries --gallery-dir my/gallery --ranking-dir ranking
+
+On a dataset it also prints and returns (JSON key "diagnostics") the clothes leakage of f1, f2 and
+the whole feature and, with --degrade, how close each degraded feature stays to its clean one (`rlq.diagnostics`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from accelerate import Accelerator
 
 from rlq.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from rlq.data import DatasetLayoutError, Evaluation, Sample, load_dataset
+from rlq.diagnostics import dataset_clothes_leakage, diagnostics_text, lq_consistency
 from rlq.evaluation import results_table, run_evaluation, split_features
 from rlq.launch import LaunchError, check_launch
 from rlq.lowquality import SizeBucketError, degraded_features, low_quality_report, lq_sample_sheet
@@ -137,7 +141,8 @@ def dataset_name(args: Args, checkpoint: dict) -> str:
 
 
 def main(args: Args) -> dict[str, dict]:
-    """The metrics of every protocol (on the main process; {} on the others and when ranking --query-dir)."""
+    """The metrics of every protocol, plus "diagnostics" (and "degraded", "size_buckets" when asked for), on the
+    main process; {} on the others and when ranking --query-dir."""
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
     check_launch(accelerator)
     checkpoint = load_checkpoint(args.checkpoint)
@@ -159,6 +164,10 @@ def main(args: Args) -> dict[str, dict]:
     if text:
         print(text)
     results |= extra  # "degraded" and "size_buckets", when asked for
+    diagnostics = {"clothes_leakage": dataset_clothes_leakage(dataset, features, model.feature_dim),
+                   "lq_consistency": lq_consistency(features, degraded)}
+    print(diagnostics_text(diagnostics))
+    results["diagnostics"] = diagnostics
     if args.lq_samples > 0:
         query = dataset.splits[dataset.evaluations[0].query_split]
         print(f"wrote {lq_sample_sheet(query, dataset.name, args.lq_samples, args.lq_samples_path)}")

@@ -40,7 +40,8 @@ from rlq.losses import (
     softened_kl,
     triplet_loss,
 )
-from rlq.model import CosineClassifier, build_model
+from rlq.metrics import within_identity_accuracy
+from rlq.model import CosineClassifier
 from rlq.sampler import PKSampler
 from rlq.training import (
     NonFiniteLoss,
@@ -48,6 +49,7 @@ from rlq.training import (
     clothes_classes,
     eval_sets,
     evaluate_and_select,
+    new_model,
     restore,
     resume_path,
     tensorboard_config,
@@ -76,6 +78,9 @@ class Config:
     """Start the trunk from ImageNet weights (timm hub, or --pretrained-weights)."""
     pretrained_weights: Path | None = None
     """Local ImageNet state dict of the trunk (.pth / .safetensors), instead of the timm hub."""
+    init_from: Path | None = None
+    """Start the model from another run's checkpoint (ours or the authors'; any class counts) instead of ImageNet:
+    trunk, branches and necks are copied, heads of other class counts start fresh (see rlq.checkpoint.init_from_checkpoint)."""
     split_after: Literal["layer1", "layer2", "layer3"] = "layer2"
     """Base model: the trunk stage after which the CAL and ID branches fork."""
     height: int = 384
@@ -159,6 +164,8 @@ def train_one_epoch(cfg, epoch, model, clothes_classifier, optimizer, clothes_op
             terms["cal"] = clothes_adversarial_loss(cosines, clothes, pids, pid2clothes)
         backbone_terms = [v for k, v in terms.items() if k != "clothes_discriminator"]
         terms["total"] = torch.stack(backbone_terms).sum()
+        if adversarial:  # how well the discriminator still tells this identity's outfits apart in f1 (not optimised)
+            terms["clothes_accuracy_within_id"] = within_identity_accuracy(cosines.detach(), clothes, pids, pid2clothes)
         values = check_finite(terms, accelerator, epoch, step)
 
         optimizer.zero_grad(set_to_none=True)
@@ -189,9 +196,7 @@ def main(cfg: Config) -> dict:
     accelerator.print(summary_table(dataset))
 
     recolouring, pid2clothes = clothes_classes(dataset, cfg.masks)
-    model = build_model(cfg.model, dataset.num_train_pids, cfg.backbone, cfg.pretrained,
-                        str(cfg.pretrained_weights) if cfg.pretrained_weights else None,
-                        **arch_kwargs(cfg))
+    model = new_model(cfg, cfg.model, dataset.num_train_pids, accelerator, **arch_kwargs(cfg))
     model = model.to(accelerator.device, memory_format=torch.channels_last)
     clothes_classifier = CosineClassifier(model.feature_dim, pid2clothes.shape[1]).to(accelerator.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -44,7 +44,8 @@ from rlq.losses import (
     softened_kl,
     triplet_loss,
 )
-from rlq.model import CosineClassifier, build_model
+from rlq.metrics import accuracy, within_identity_accuracy
+from rlq.model import CosineClassifier
 from rlq.sampler import PKSampler
 from rlq.training import (
     NonFiniteLoss,
@@ -52,6 +53,7 @@ from rlq.training import (
     clothes_classes,
     eval_sets,
     evaluate_and_select,
+    new_model,
     restore,
     resume_path,
     tensorboard_config,
@@ -94,6 +96,9 @@ class Config:
     """Start the trunk from ImageNet weights (timm hub, or --pretrained-weights)."""
     pretrained_weights: Path | None = None
     """Local ImageNet state dict of the trunk (.pth / .safetensors), instead of the timm hub."""
+    init_from: Path | None = None
+    """Start the model from another run's checkpoint (ours or the authors'; any class counts) instead of ImageNet:
+    trunk, branches and necks are copied, heads of other class counts start fresh (see rlq.checkpoint.init_from_checkpoint)."""
     split_after: Literal["layer1", "layer2", "layer3"] = "layer2"
     """The trunk stage after which the CAL and ID branches fork."""
     pose_split_after: Literal["layer1", "layer2", "layer3"] = "layer1"
@@ -186,6 +191,13 @@ def train_one_epoch(cfg, epoch, model, clothes_classifier, optimizer, clothes_op
                 cosines = clothes_classifier(out.f1)
             terms["cal"] = clothes_adversarial_loss(cosines, clothes, pids, pid2clothes)
         terms["total"] = torch.stack([v for k, v in terms.items() if k != "clothes_discriminator"]).sum()
+        if adversarial:  # how well the discriminator still tells this identity's outfits apart in f1 (not optimised)
+            terms["clothes_accuracy_within_id"] = within_identity_accuracy(cosines.detach(), clothes, pids, pid2clothes)
+        # Training accuracy of the attribute heads, logged beside the losses (after the total: not optimised).
+        if "pose" in cfg.attributes:
+            terms["pose_accuracy"] = accuracy(out.pose_logits, poses)
+        if "gender" in cfg.attributes:
+            terms["gender_accuracy"] = accuracy(out.gender_logits, genders)
         values = check_finite(terms, accelerator, epoch, step)
 
         optimizer.zero_grad(set_to_none=True)
@@ -220,8 +232,7 @@ def main(cfg: Config) -> dict:
     accelerator.print(summary_table(dataset))
 
     recolouring, pid2clothes = clothes_classes(dataset, cfg.masks)
-    model = build_model("rlq", dataset.num_train_pids, cfg.backbone, cfg.pretrained,
-                        str(cfg.pretrained_weights) if cfg.pretrained_weights else None, **arch_kwargs(cfg))
+    model = new_model(cfg, "rlq", dataset.num_train_pids, accelerator, **arch_kwargs(cfg))
     model = model.to(accelerator.device, memory_format=torch.channels_last)
     clothes_classifier = CosineClassifier(model.feature_dim, pid2clothes.shape[1]).to(accelerator.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -60,7 +60,8 @@ from rlq.losses import (
     softened_kl,
     triplet_loss,
 )
-from rlq.model import BaseModel, CosineClassifier, RLQModel, build_model
+from rlq.metrics import accuracy, within_identity_accuracy
+from rlq.model import BaseModel, CosineClassifier, RLQModel
 from rlq.sampler import PKSampler
 from rlq.training import (
     NonFiniteLoss,
@@ -68,6 +69,7 @@ from rlq.training import (
     clothes_classes,
     eval_sets,
     evaluate_and_select,
+    new_model,
     restore,
     resume_path,
     tensorboard_config,
@@ -118,6 +120,9 @@ class Config:
     """Start the student's trunk from ImageNet weights (timm hub, or --pretrained-weights)."""
     pretrained_weights: Path | None = None
     """Local ImageNet state dict of the trunk (.pth / .safetensors), instead of the timm hub."""
+    init_from: Path | None = None
+    """Start the model from another run's checkpoint (ours or the authors'; any class counts) instead of ImageNet:
+    trunk, branches and necks are copied, heads of other class counts start fresh (see rlq.checkpoint.init_from_checkpoint)."""
     split_after: Literal["layer1", "layer2", "layer3"] = "layer2"
     """The trunk stage after which the CAL and ID branches fork."""
     pose_split_after: Literal["layer1", "layer2", "layer3"] = "layer1"
@@ -293,6 +298,13 @@ def cap_epoch(cfg, epoch, model, clothes_classifier, optimizer, clothes_optimize
                 cosines = clothes_classifier(out.f1)
             terms["cal"] = clothes_adversarial_loss(cosines, clothes, pids, pid2clothes)
         terms["total"] = torch.stack([v for k, v in terms.items() if k != "clothes_discriminator"]).sum()
+        if adversarial:  # how well the discriminator still tells this identity's outfits apart in f1 (not optimised)
+            terms["clothes_accuracy_within_id"] = within_identity_accuracy(cosines.detach(), clothes, pids, pid2clothes)
+        # Training accuracy of the attribute heads, logged beside the losses (after the total: not optimised).
+        if "pose" in attributes:
+            terms["pose_accuracy"] = accuracy(out.pose_logits, poses)
+        if "gender" in attributes:
+            terms["gender_accuracy"] = accuracy(out.gender_logits, genders)
         values = check_finite(terms, accelerator, epoch, step)
 
         optimizer.zero_grad(set_to_none=True)
@@ -328,8 +340,7 @@ def main(cfg: Config) -> dict:
     accelerator.print(summary_table(external))
 
     recolouring, pid2clothes = clothes_classes(dataset, cfg.masks)
-    model = build_model(cfg.tad_model, dataset.num_train_pids, cfg.backbone, cfg.pretrained,
-                        str(cfg.pretrained_weights) if cfg.pretrained_weights else None, **arch_kwargs(cfg))
+    model = new_model(cfg, cfg.tad_model, dataset.num_train_pids, accelerator, **arch_kwargs(cfg))
     model = model.to(accelerator.device, memory_format=torch.channels_last)
     teacher = None if cfg.teacher == "none" else load_teacher(cfg.teacher, model, accelerator.device)
     clothes_classifier = CosineClassifier(model.feature_dim, pid2clothes.shape[1]).to(accelerator.device)

@@ -188,3 +188,53 @@ def model_from_checkpoint(checkpoint: dict, source: Path) -> nn.Module:
                         **checkpoint["arch_kwargs"])
     load_state_checked(model, checkpoint["model"], f"checkpoint '{source}' ({checkpoint['arch']}, {checkpoint['backbone']})")
     return model
+
+
+# Modules that hold (part of) a ResNet trunk, in the order a source checkpoint's stages are preferred
+# when a module of the new model has no same-named counterpart: the ID branch before the CAL branch.
+_TRUNK_MODULES = ("shared", "backbone", "id_branch", "cal_branch", "pose_branch")
+
+
+def _trunk_stages(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """{"layer3.0.conv1.weight": tensor, ...}: each trunk stage of a checkpoint, from its preferred module."""
+    stages: dict[str, torch.Tensor] = {}
+    for module in _TRUNK_MODULES:
+        for key, tensor in state_dict.items():
+            owner, _, rest = key.partition(".")
+            if owner == module:
+                stages.setdefault(rest, tensor)
+    return stages
+
+
+def init_from_checkpoint(model: nn.Module, checkpoint: dict, source: Path) -> str:
+    """Start `model` from another run's weights (any architecture and class counts, same ResNet); returns a summary.
+
+    Tensors with the same name and shape are copied (trunk, branches, necks; identity heads when the
+    class counts agree). A trunk stage the checkpoint lacks under the same name is taken from the
+    checkpoint's own copy of that stage (e.g. a three-branch model's pose branch from a two-branch
+    checkpoint's shared layers and ID branch), as every branch starts from the same ImageNet trunk in
+    the paper. Everything else (heads of other class counts) keeps its fresh initialisation.
+    """
+    theirs = checkpoint["model"]
+    stages = _trunk_stages(theirs)
+    own = model.state_dict()
+    loaded, by_name, by_stage = {}, 0, 0
+    for key, tensor in own.items():
+        owner, _, rest = key.partition(".")
+        if key in theirs and theirs[key].shape == tensor.shape:
+            loaded[key], by_name = theirs[key], by_name + 1
+        elif owner in _TRUNK_MODULES and rest in stages and stages[rest].shape == tensor.shape:
+            loaded[key], by_stage = stages[rest], by_stage + 1
+    trunk_keys = [k for k in own if k.partition(".")[0] in _TRUNK_MODULES]
+    missing_trunk = [k for k in trunk_keys if k not in loaded]
+    # A deeper ResNet of the same widths (resnet34 for resnet18) fits by name and shape: compare the stages too.
+    extra_stages = sorted(set(stages) - {k.partition(".")[2] for k in trunk_keys})
+    if missing_trunk or extra_stages:
+        raise CheckpointError(f"--init-from '{source}' ({checkpoint.get('arch')}, {checkpoint.get('backbone')}) does not hold "
+                              f"the trunk of this {type(model).__name__}: {len(missing_trunk)} of {len(trunk_keys)} trunk "
+                              f"tensors missing or of another shape, {len(extra_stages)} trunk tensors it lacks "
+                              f"(first: {', '.join((missing_trunk + extra_stages)[:5])})")
+    model.load_state_dict(loaded, strict=False)
+    fresh = [k for k in own if k not in loaded]
+    return (f"initialised from '{source}': {by_name} tensors by name, {by_stage} trunk tensors from the same stage "
+            f"elsewhere in the checkpoint, {len(fresh)} left fresh" + (f" ({', '.join(fresh)})" if fresh else ""))

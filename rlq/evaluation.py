@@ -106,15 +106,16 @@ def evaluate_model(
     evaluations: list[Evaluation],
     accelerator: Accelerator,
     **loader_options,
-) -> dict[str, dict]:
+) -> tuple[dict[str, dict], dict[str, torch.Tensor]]:
     """Run every evaluation: all processes extract, the main process ranks.
 
-    Returns {evaluation name: metrics} on the main process and {} on the others.
+    Returns ({evaluation name: metrics}, {split: features}): the metrics on the main process ({} on the
+    others), and the features on every process, for whatever else is measured on them.
     """
     features = split_features(model, splits, evaluations, accelerator, **loader_options)
     if not accelerator.is_main_process:
-        return {}
-    return {e.name: run_evaluation(e, splits, features) for e in evaluations}
+        return {}, features
+    return {e.name: run_evaluation(e, splits, features) for e in evaluations}, features
 
 
 def headline_key(results: dict[str, dict], headline: str) -> tuple[float, float]:

@@ -603,3 +603,19 @@ def _summarise(per_query: torch.Tensor) -> dict[str, float | int]:
 def _no_valid_query(num_queries: int) -> ValueError:
     return ValueError(f"no valid query: none of the {num_queries} queries has a good "
                       "gallery item under this protocol")
+
+
+def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Fraction of rows whose highest logit is the target (a 0-d tensor, no host sync)."""
+    return (logits.argmax(1) == targets).float().mean()
+
+
+def within_identity_accuracy(cosines: torch.Tensor, clothes_labels: torch.Tensor, pids: torch.Tensor,
+                             pid2clothes: torch.Tensor) -> torch.Tensor:
+    """How often the clothes classifier picks a sample's outfit among its own identity's outfits (0-d tensor).
+
+    Chance is 1 / (outfits of the identity): above it, f1 still tells a person's outfits apart,
+    which is what the CAL loss works against.
+    """
+    own = pid2clothes[pids].bool()
+    return (cosines.masked_fill(~own, float("-inf")).argmax(1) == clothes_labels).float().mean()

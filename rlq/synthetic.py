@@ -53,7 +53,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 # Bump whenever the output changes: caches written by another version are regenerated.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 
 # ----------------------------------------------------------------------------
 # Configuration
@@ -75,6 +75,8 @@ class SynthConfig:
     external_outfits: tuple[int, int] = (3, 6)
     external_images: tuple[int, int] = (10, 16)  # images per external identity
     image_height: int = 128  # stored height of a high-quality crop
+    target_wardrobe: int = 40  # distinct outfits the target identities draw theirs from (0: every outfit new)
+    external_wardrobe: int = 120  # the same for the external part
 
 
 PRESETS: dict[str, SynthConfig] = {
@@ -153,9 +155,11 @@ BOTTOM_WEIGHTS = {"black": 3.0, "denim": 3.0, "navy": 2.0, "grey": 1.5, "charcoa
 SHOE_COLOURS: tuple[RGB, ...] = ((25, 25, 25), (235, 235, 235), (95, 60, 35), (120, 120, 125), (180, 40, 40))
 SKIN_TONES = np.array([(250, 220, 196), (236, 192, 160), (205, 152, 115),
                        (160, 110, 78), (112, 74, 52), (78, 52, 38)], dtype=np.float64)
+# Hair colours, skin tones and builds are spread widely enough to tell people apart at 64x32
+# pixels, where faces are a few pixels: they are the identity cues that survive a change of clothes.
 HAIR_COLOURS: tuple[tuple[RGB, float], ...] = (
-    ((28, 24, 22), 0.45), ((62, 42, 30), 0.27), ((112, 76, 46), 0.12),
-    ((146, 72, 40), 0.04), ((214, 184, 118), 0.08), ((168, 164, 158), 0.04),
+    ((28, 24, 22), 0.26), ((62, 42, 30), 0.2), ((112, 76, 46), 0.14), ((146, 72, 40), 0.1),
+    ((214, 184, 118), 0.12), ((168, 164, 158), 0.08), ((236, 226, 200), 0.05), ((168, 38, 44), 0.05),
 )
 # Hair styles: (probability for female, for male, front cap half-span in
 # degrees, length below the chin in body heights; <= 0 means no hanging hair).
@@ -219,17 +223,16 @@ class Identity:
 
 def sample_identity(rng: np.random.Generator) -> Identity:
     male = bool(rng.random() < 0.5)
-    build = rng.uniform(0.9, 1.15)
+    build = rng.uniform(0.82, 1.25)
     style = HAIR_STYLES[rng.choice(len(HAIR_STYLES), p=[s[1] if male else s[0] for s in HAIR_STYLES])]
     hair = HAIR_COLOURS[rng.choice(len(HAIR_COLOURS), p=[w for _, w in HAIR_COLOURS])][0]
-    # Skin tones cluster around the middle of the range, so many people look alike.
-    tone = rng.beta(2.0, 2.5) * (len(SKIN_TONES) - 1.0)
+    tone = rng.uniform(0.0, len(SKIN_TONES) - 1.0)
     lo = int(tone)
     skin = SKIN_TONES[lo] + (SKIN_TONES[min(lo + 1, len(SKIN_TONES) - 1)] - SKIN_TONES[lo]) * (tone - lo)
     return Identity(
         gender=int(male),
-        height=(rng.normal(1.03, 0.025) if male else rng.normal(0.97, 0.025)),
-        head=rng.uniform(0.125, 0.145),
+        height=(rng.normal(1.03, 0.045) if male else rng.normal(0.97, 0.045)),
+        head=rng.uniform(0.12, 0.155),
         shoulder=(rng.normal(0.124, 0.007) if male else rng.normal(0.104, 0.006)) * math.sqrt(build),
         waist=(0.086 if male else 0.070) * build * rng.uniform(0.94, 1.06),
         hip=(rng.normal(0.088, 0.005) if male else rng.normal(0.101, 0.005)) * build,
@@ -287,6 +290,28 @@ def sample_outfit(rng: np.random.Generator, gender: int) -> Outfit:
         shoes=SHOE_COLOURS[rng.integers(len(SHOE_COLOURS))],
         hat=_jitter(rng, CLOTHES_PALETTE[_weighted_choice(rng, TOP_WEIGHTS)], 6.0) if rng.random() < 0.08 else None,
     )
+
+
+class Wardrobe:
+    """The outfits of one part, shared by its identities: the same clothes are worn by several people,
+    as in the street, so an outfit alone cannot name a person.
+
+    Each gender draws from its own half (skirts are drawn for women only); one person never wears the
+    same wardrobe outfit twice. A size of 0 gives every person outfits of their own.
+    """
+
+    def __init__(self, seed: int, part: str, size: int) -> None:
+        self.seed, self.part, self.size = seed, part, size
+        self.outfits = [sample_outfit(_rng(seed, _OUTFIT, PART_CODE[part], 0, i), i % 2) for i in range(size)]
+
+    def draw(self, rng: np.random.Generator, gender: int, count: int, owner: tuple[int, ...]) -> list[Outfit]:
+        """`count` outfits for a person of `gender`; `owner` seeds the person's own outfits when size is 0."""
+        if self.size == 0:
+            return [sample_outfit(_rng(self.seed, _OUTFIT, PART_CODE[self.part], 1, *owner, o), gender) for o in range(count)]
+        choices = [o for i, o in enumerate(self.outfits) if i % 2 == gender]
+        if count > len(choices):
+            raise ValueError(f"a wardrobe of {self.size} has {len(choices)} outfits per gender, fewer than {count}")
+        return [choices[i] for i in rng.choice(len(choices), count, replace=False)]
 
 
 @dataclass(frozen=True)
@@ -437,6 +462,7 @@ def plan_target(cfg: SynthConfig, seed: int) -> tuple[list[ImageSpec], list[tupl
     cameras = [sample_camera(_rng(seed, _CAMERA, PART_CODE[TARGET], c), c + 1, q, cfg.image_height)
                for c, q in enumerate(qualities)]
     test_pids = set(rng.choice(n_ids, cfg.target_test_ids, replace=False).tolist())
+    wardrobe = Wardrobe(seed, TARGET, cfg.target_wardrobe)
     specs: list[ImageSpec] = []
     genders = []
     frame = int(rng.integers(100, 3000))
@@ -445,8 +471,9 @@ def plan_target(cfg: SynthConfig, seed: int) -> tuple[list[ImageSpec], list[tupl
         genders.append(("test" if pid in test_pids else "train", pid_text(TARGET, pid), identity.gender))
         shots: list[tuple[int, int]] = []
         outfits = {}
-        for outfit in range(1, _randint(rng, cfg.target_outfits) + 1):
-            outfits[outfit] = sample_outfit(_rng(seed, _OUTFIT, PART_CODE[TARGET], pid, outfit), identity.gender)
+        worn = wardrobe.draw(rng, identity.gender, _randint(rng, cfg.target_outfits), (pid,))
+        for outfit, clothes in enumerate(worn, 1):
+            outfits[outfit] = clothes
             n_cams = min(_randint(rng, cfg.cameras_per_outfit), len(cameras))
             for cam in sorted(rng.choice(len(cameras), n_cams, replace=False).tolist()):
                 shots += [(outfit, cam)] * _randint(rng, cfg.shots_per_camera)
@@ -470,6 +497,7 @@ def plan_external(cfg: SynthConfig, seed: int) -> tuple[list[ImageSpec], list[tu
     rng = _rng(seed, _PLAN, PART_CODE[EXTERNAL])
     scenes = [sample_camera(_rng(seed, _CAMERA, PART_CODE[EXTERNAL], c), c + 1, "hq", cfg.image_height)
               for c in range(EXTERNAL_SCENES)]
+    wardrobe = Wardrobe(seed, EXTERNAL, cfg.external_wardrobe)
     specs: list[ImageSpec] = []
     genders = []
     n_ids = cfg.external_train_ids + cfg.external_test_ids
@@ -477,9 +505,8 @@ def plan_external(cfg: SynthConfig, seed: int) -> tuple[list[ImageSpec], list[tu
         is_test = pid > cfg.external_train_ids
         identity = sample_identity(_rng(seed, _IDENTITY, PART_CODE[EXTERNAL], pid))
         genders.append(("test" if is_test else "train", pid_text(EXTERNAL, pid), identity.gender))
-        n_outfits = _randint(rng, cfg.external_outfits)
-        outfits = [sample_outfit(_rng(seed, _OUTFIT, PART_CODE[EXTERNAL], pid, o), identity.gender)
-                   for o in range(n_outfits)]
+        outfits = wardrobe.draw(rng, identity.gender, _randint(rng, cfg.external_outfits), (pid,))
+        n_outfits = len(outfits)
         n_images = max(_randint(rng, cfg.external_images), n_outfits)
         # Every outfit appears at least once; the rest are repeats.
         worn = rng.permutation(list(range(n_outfits)) + rng.integers(0, n_outfits, n_images - n_outfits).tolist())
@@ -513,6 +540,10 @@ def _validate(cfg: SynthConfig) -> None:
         (cfg.shots_per_camera[0] < 2, ">= 2 shots per camera, so a query never takes a camera's only image"),
         (cfg.external_images[0] < 2, ">= 2 images per external identity (two pseudo cameras)"),
         (cfg.external_outfits[0] < 1, ">= 1 outfit per external identity"),
+        (min(cfg.target_wardrobe, cfg.external_wardrobe) < 0, "wardrobe sizes must be >= 0"),
+        (0 < cfg.target_wardrobe < 2 * cfg.target_outfits[1], "a target wardrobe needs >= 2 x the most outfits per identity"),
+        (0 < cfg.external_wardrobe < 2 * cfg.external_outfits[1],
+         "an external wardrobe needs >= 2 x the most outfits per identity"),
         (any(lo > hi for lo, hi in (cfg.target_outfits, cfg.cameras_per_outfit, cfg.shots_per_camera,
                                     cfg.external_outfits, cfg.external_images)), "ranges must be (min, max)"),
     ]

@@ -15,10 +15,12 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
-from rlq.checkpoint import load_state_checked, plain, provenance, set_rng_states
+from rlq.checkpoint import init_from_checkpoint, load_checkpoint, load_state_checked, plain, provenance, set_rng_states
 from rlq.data import DatasetLayoutError, ReIDDataset
+from rlq.diagnostics import diagnostics_text, evaluations_clothes_leakage
 from rlq.evaluation import evaluate_model, headline_key, results_table
 from rlq.files import write_text_atomic
+from rlq.model import build_model
 from rlq.recolour import Recolouring, num_colours, widen_pid2clothes
 
 # Checkpoint entries needed only to continue training (best.pt leaves them out).
@@ -66,6 +68,16 @@ def share_batchnorm_statistics(model: torch.nn.Module, accelerator: Accelerator)
     if accelerator.num_processes > 1:
         for buffer in accelerator.unwrap_model(model).buffers():
             torch.distributed.broadcast(buffer, src=0)
+
+
+def new_model(cfg, arch: str, num_pids: int, accelerator: Accelerator, **arch_kwargs) -> torch.nn.Module:
+    """The model a run starts from: an ImageNet (or random) trunk, or --init-from another run's weights."""
+    imagenet = cfg.pretrained and cfg.init_from is None  # with --init-from every trunk weight comes from the checkpoint
+    model = build_model(arch, num_pids, cfg.backbone, imagenet,
+                        str(cfg.pretrained_weights) if imagenet and cfg.pretrained_weights else None, **arch_kwargs)
+    if cfg.init_from is not None:
+        accelerator.print(init_from_checkpoint(model, load_checkpoint(cfg.init_from), cfg.init_from))
+    return model
 
 
 def resume_path(path: Path) -> Path:
@@ -133,15 +145,23 @@ def evaluate_and_select(model, dataset: ReIDDataset, splits: dict, evaluations: 
                         **loader_options) -> tuple[dict | None, bool]:
     """Evaluate (all processes extract, the main process ranks), log, and keep the best by headline (top-1, mAP).
 
+    The clothes leakage of the same features (`rlq.diagnostics`) is printed, logged and kept in the
+    history entry beside the metrics; it plays no part in picking the best.
+
     Returns (best, improved); `improved` is True on the main process only. Call it on every process.
     """
     share_batchnorm_statistics(model, accelerator)
-    results = evaluate_model(accelerator.unwrap_model(model), splits, evaluations, accelerator, **loader_options)
+    bare_model = accelerator.unwrap_model(model)
+    results, features = evaluate_model(bare_model, splits, evaluations, accelerator, **loader_options)
     if not accelerator.is_main_process:
         return best, False
-    accelerator.print(f"epoch {epoch} ({split_name}):\n{results_table(results)}")
-    history["evaluations"].append({"epoch": epoch, "split": split_name, "results": results})
-    accelerator.log({f"{split_name}/{name}/{m}": results[name][m] for name in results for m in ("top1", "mAP")}, step=global_step)
+    diagnostics = {"clothes_leakage": evaluations_clothes_leakage(splits, evaluations, features, bare_model.feature_dim)}
+    accelerator.print(f"epoch {epoch} ({split_name}):\n{results_table(results)}\n{diagnostics_text(diagnostics)}")
+    history["evaluations"].append({"epoch": epoch, "split": split_name, "results": results, "diagnostics": diagnostics})
+    scalars = {f"{split_name}/{name}/{m}": results[name][m] for name in results for m in ("top1", "mAP")}
+    scalars |= {f"{split_name}/clothes_leakage/{view}": value
+                for view, value in (diagnostics["clothes_leakage"] or {}).items() if value is not None}
+    accelerator.log(scalars, step=global_step)
     top1, mAP = headline_key(results, dataset.headline)
     if best is not None and (top1, mAP) <= (best["top1"], best["mAP"]):
         return best, False

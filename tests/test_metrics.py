@@ -433,3 +433,19 @@ def test_sparse_nonzero_matches_nonzero():
     mask[-1] = mask[0] = True
     assert torch.equal(metrics._sparse_nonzero(mask), mask.nonzero().squeeze(1))
     assert metrics._sparse_nonzero(torch.zeros(64, dtype=torch.bool)).numel() == 0
+
+
+def test_accuracy_and_within_identity_accuracy_against_direct_counts():
+    from rlq.metrics import accuracy, within_identity_accuracy
+
+    logits = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.1, 0.1], [0.2, 0.3, 0.5], [0.6, 0.3, 0.1]])
+    assert float(accuracy(logits, torch.tensor([1, 0, 0, 1]))) == 0.5
+    # 2 identities: identity 0 owns clothes 0, 1; identity 1 owns clothes 2, 3.
+    pid2clothes = torch.tensor([[1, 1, 0, 0], [0, 0, 1, 1]])
+    cosines = torch.tensor([
+        [0.1, 0.5, 0.9, 0.0],  # identity 0, outfit 1: other identity's class 2 scores highest, own best is 1 -> right
+        [0.7, 0.2, 0.0, 0.0],  # identity 0, outfit 1: own best is 0 -> wrong
+        [0.9, 0.0, 0.1, 0.3],  # identity 1, outfit 3: own best is 3 -> right
+    ])
+    value = within_identity_accuracy(cosines, torch.tensor([1, 1, 3]), torch.tensor([0, 0, 1]), pid2clothes)
+    assert float(value) == pytest.approx(2 / 3)

@@ -375,9 +375,11 @@ def test_colour_matches_clothes_not_identity(dataset):
     a, b = (fq - mean) / std, (fg - mean) / std
     cc_free = top1(query, gallery, -((a[:, None] - b[None]) ** 2).sum(-1), "cc")
     print(f"colour histogram: SC top-1 {sc:.3f}, CC top-1 {cc:.3f}; clothes-free features: CC top-1 {cc_free:.3f}")
-    assert sc >= 0.5  # the same clothes are easy to find by colour ...
+    # Seed 0 measured SC 0.425, CC 0.082, clothes-free CC 0.575. The same clothes are found by colour, though other
+    # people wear the same wardrobe outfits and take some first places ...
+    assert sc >= 0.3 and sc >= cc + 0.25
     assert cc <= 0.15  # ... another outfit of the same person is not
-    assert cc_free >= cc + 0.25  # identity lives in the clothes-free pixels
+    assert cc_free >= cc + 0.35  # identity lives in the clothes-free pixels
 
 
 # --------------------------------------------------------------------------- read by the real parsers
@@ -400,3 +402,32 @@ def test_read_by_the_dataset_parsers(dataset, manifest):
         assert len(external.splits["query"]) == counts["external"]["query"]
         assert len(external.splits["gallery"]) == counts["external"]["gallery"]
         assert external.num_train_pids == manifest["config"]["external_train_ids"]
+
+
+def test_outfits_come_from_a_shared_wardrobe(meta):
+    """Several people wear the same outfit, so clothes alone cannot name a person; nobody wears one outfit twice."""
+    for part, size in (("target", synthetic.SynthConfig.target_wardrobe), ("external", synthetic.SynthConfig.external_wardrobe)):
+        wearers: dict[str, set[str]] = {}
+        for key, outfit in meta[part]["outfits"].items():
+            pid = key.rsplit("_", 1)[0]
+            wearers.setdefault(json.dumps(outfit, sort_keys=True), set()).add(pid)
+        per_person = {}
+        for key, outfit in meta[part]["outfits"].items():
+            per_person.setdefault(key.rsplit("_", 1)[0], []).append(json.dumps(outfit, sort_keys=True))
+        assert len(wearers) <= size
+        assert sum(len(w) >= 2 for w in wearers.values()) >= 0.5 * len(wearers), part
+        assert all(len(set(o)) == len(o) for o in per_person.values())
+        # Skirts only on women: each gender draws from its own half of the wardrobe.
+        for key, outfit in meta[part]["outfits"].items():
+            if outfit["bottom_kind"] == "skirt":
+                assert meta[part]["identities"][key.rsplit("_", 1)[0]]["gender"] == 0, key
+
+
+def test_wardrobe_of_zero_gives_everyone_their_own_outfits():
+    wardrobe = synthetic.Wardrobe(seed=3, part="target", size=0)
+    rng = np.random.default_rng(0)
+    a, b = wardrobe.draw(rng, 1, 3, (7,)), wardrobe.draw(rng, 1, 3, (8,))
+    assert len({*a, *b}) == 6
+    assert wardrobe.draw(rng, 1, 3, (7,)) == a  # seeded by the owner alone
+    with pytest.raises(ValueError, match="a wardrobe of 4 has 2 outfits per gender, fewer than 3"):
+        synthetic.Wardrobe(seed=3, part="target", size=4).draw(rng, 0, 3, (1,))

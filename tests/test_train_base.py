@@ -43,7 +43,7 @@ def test_checkpoint_tells_how_it_was_made(tiny_run):
     for checkpoint in (best, last):
         assert checkpoint["config"]["backbone"] == "resnet18" and checkpoint["config"]["epochs"] == 2
         assert checkpoint["arch"] == "base" and checkpoint["backbone"] == "resnet18"
-        assert checkpoint["classes"] == {"num_pids": 30, "num_clothes": 89, "num_original_clothes": 89}
+        assert checkpoint["classes"] == {"num_pids": 30, "num_clothes": 93, "num_original_clothes": 93}
         assert checkpoint["version"]["rlq"] == rlq.__version__
         assert checkpoint["input_size"] == [64, 32]
     assert last["epoch"] == 2 and "optimizer" in last and "rng" in last

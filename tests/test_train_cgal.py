@@ -17,7 +17,9 @@ from rlq.model import build_model
 from train_cgal import Config, main
 from train_rlq import load_teacher
 
-CAP_TERMS = {"id_f1", "id_f2", "pose", "gender", "kl", "disentangle_f2", "triplet", "total"}
+CAP_TERMS = {"id_f1", "id_f2", "pose", "gender", "kl", "disentangle_f2", "triplet", "total",
+             "pose_accuracy", "gender_accuracy"}  # the heads' training accuracies are logged beside the losses
+ADVERSARIAL_TERMS = {"clothes_discriminator", "cal", "clothes_accuracy_within_id"}
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +33,7 @@ def cgal_run(synthetic_root, attribute_files, tmp_path_factory):
 def test_run_trains_every_cap_term_evaluates_and_checkpoints(cgal_run):
     metrics = json.loads((cgal_run / "metrics.json").read_text())
     assert set(metrics["train"][0]) - {"epoch", "steps", "lr"} == CAP_TERMS  # before --cal-start-epoch
-    assert set(metrics["train"][1]) - {"epoch", "steps", "lr"} == CAP_TERMS | {"clothes_discriminator", "cal"}
+    assert set(metrics["train"][1]) - {"epoch", "steps", "lr"} == CAP_TERMS | ADVERSARIAL_TERMS
     assert [e["epoch"] for e in metrics["evaluations"]] == [0, 1] and set(metrics["evaluations"][0]["results"]) == {"standard", "cc", "sc"}
     last = load_checkpoint(cgal_run / "last.pt")
     assert (cgal_run / "best.pt").is_file() and last["epoch"] == 2
@@ -67,8 +69,9 @@ def test_missing_attribute_rows_are_a_clear_error_unless_zero_is_asked_for(synth
 
 
 @pytest.mark.parametrize(("switches", "terms"), [
-    ({"attributes": ("gender",)}, {"id_f1", "id_f2", "gender", "kl", "triplet", "total"}),
-    ({"attributes": ("pose",), "disentangle": "both"}, {"id_f1", "id_f2", "pose", "kl", "disentangle_f1", "disentangle_f2", "triplet", "total"}),
+    ({"attributes": ("gender",)}, {"id_f1", "id_f2", "gender", "kl", "triplet", "total", "gender_accuracy"}),
+    ({"attributes": ("pose",), "disentangle": "both"},
+     {"id_f1", "id_f2", "pose", "kl", "disentangle_f1", "disentangle_f2", "triplet", "total", "pose_accuracy"}),
     ({"gender_input": "concat", "disentangle": "f1"}, CAP_TERMS - {"disentangle_f2"} | {"disentangle_f1"}),
 ])
 def test_ablation_switches_choose_the_loss_terms(synthetic_root, attribute_files, tmp_path, monkeypatch, switches, terms):

@@ -16,7 +16,9 @@ from rlq.model import build_model
 from train_rlq import Config, main, tad_terms
 
 TAD_TERMS = {"mse_f1_hq", "mse_f1_lq", "mse_f2_hq", "mse_f2_lq", "kl_o2", "kl_o1", "total"}
-CAP_TERMS = {"id_f1", "id_f2", "pose", "gender", "kl", "disentangle_f2", "triplet", "total"}
+CAP_TERMS = {"id_f1", "id_f2", "pose", "gender", "kl", "disentangle_f2", "triplet", "total",
+             "pose_accuracy", "gender_accuracy"}  # the heads' training accuracies are logged beside the losses
+ADVERSARIAL_TERMS = {"clothes_discriminator", "cal", "clothes_accuracy_within_id"}
 # TINY_RUN's budget for each phase: 2 epochs of at most 3 TAD steps and 3 CAP steps.
 RLQ_RUN = TINY_RUN | {"external_dataset": "synthetic-external"}
 
@@ -93,7 +95,7 @@ def test_run_alternates_tad_and_cap_evaluates_and_checkpoints(rlq_run):
     metrics = json.loads((rlq_run / "metrics.json").read_text())
     assert [e["epoch"] for e in metrics["tad"]] == [0, 1] and [e["epoch"] for e in metrics["train"]] == [0, 1]
     assert all(set(e) - {"epoch", "steps", "lr"} == TAD_TERMS and e["steps"] == 3 for e in metrics["tad"])
-    assert set(metrics["train"][1]) - {"epoch", "steps", "lr"} == CAP_TERMS | {"clothes_discriminator", "cal"}
+    assert set(metrics["train"][1]) - {"epoch", "steps", "lr"} == CAP_TERMS | ADVERSARIAL_TERMS
     assert [e["epoch"] for e in metrics["evaluations"]] == [0, 1]
     last = load_checkpoint(rlq_run / "last.pt")
     assert last["epoch"] == 2 and last["phase"] == "cap" and last["arch"] == "rlq"
@@ -128,7 +130,7 @@ def test_resume_after_a_tad_phase_continues_with_that_epochs_cap_phase(rlq_run, 
 @pytest.mark.parametrize(("switches", "tad", "cap"), [
     ({"teacher": "none"}, {"kl_o2", "kl_o1", "total"}, CAP_TERMS),
     ({"tad_model": "base", "gender_csv": None, "pose_csv": None}, TAD_TERMS, {"id_f1", "id_f2", "kl", "triplet", "total"}),
-    ({"attributes": ("pose",)}, TAD_TERMS, CAP_TERMS - {"gender"}),
+    ({"attributes": ("pose",)}, TAD_TERMS, CAP_TERMS - {"gender", "gender_accuracy"}),
 ])
 def test_ablation_switches_choose_the_loss_terms(synthetic_root, attribute_files, tiny_run, tmp_path, monkeypatch, switches, tad, cap):
     monkeypatch.setattr(train_rlq, "evaluate_and_select", lambda *args, best, **kwargs: (best, False))
