@@ -41,6 +41,12 @@ def _pairs_ranked_above(positives: np.ndarray, negatives: np.ndarray) -> float:
     return float(below.sum() + 0.5 * (not_above - below).sum())
 
 
+def _labels(samples: list[Sample]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(pids, camera ids, clothes ids) of samples as arrays."""
+    return (np.array([s.pid for s in samples]), np.array([s.camid for s in samples]),
+            np.array([s.clothes_id for s in samples]))
+
+
 def _indices_by_value(values: np.ndarray) -> dict[int, np.ndarray]:
     """{value: indices holding it, ascending}; one sort, not one scan of the gallery per identity."""
     order = np.argsort(values, kind="stable")
@@ -57,9 +63,7 @@ def clothes_leakage(query: torch.Tensor, gallery: torch.Tensor, query_samples: l
     """
     # In numpy: picking a query's candidate rows costs microseconds, a torch tensor index milliseconds.
     query, gallery = query.double().numpy(), gallery.double().numpy()
-    g_pid = np.array([s.pid for s in gallery_samples])
-    g_cam = np.array([s.camid for s in gallery_samples])
-    g_clothes = np.array([s.clothes_id for s in gallery_samples])
+    g_pid, g_cam, g_clothes = _labels(gallery_samples)
     by_pid = _indices_by_value(g_pid)
     wins, pairs = 0.0, 0
     for qi, q in enumerate(query_samples):
@@ -114,9 +118,7 @@ def chance_top1(query_samples: list[Sample], gallery_samples: list[Sample], prot
     ranking puts a good item first with probability #good / (#good + #others); averaged over the queries
     that have a good item.
     """
-    g_pid = np.array([s.pid for s in gallery_samples])
-    g_cam = np.array([s.camid for s in gallery_samples])
-    g_clothes = np.array([s.clothes_id for s in gallery_samples])
+    g_pid, g_cam, g_clothes = _labels(gallery_samples)
     rates = []
     for q in query_samples:
         same, other_view = g_pid == q.pid, g_cam != q.camid

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
+import statistics
 from collections import Counter
 from pathlib import Path
 
+from rlq.attributes import attach_attributes, read_gender_csv, read_pose_csv
+from rlq.data import ReIDDataset, load_dataset
+from rlq.diagnostics import chance_top1
 from rlq.files import write_text_atomic
 
 MODELS = ("base_no_cal", "base", "cgal", "rlq")
@@ -54,10 +57,7 @@ def row_from_evaluation(model: str, seed: int, evaluation: dict, source: Path) -
 
 def mean_std(values: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for a single value)."""
-    mean = sum(values) / len(values)
-    if len(values) == 1:
-        return mean, 0.0
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def _cell(value: float, percent: bool) -> str:
@@ -112,23 +112,15 @@ def last_epoch_accuracies(model: str, seed: int, metrics_path: Path) -> dict:
         raise ReportError(f"'{metrics_path}' has no {error} in its last epoch: trained without that head?") from error
 
 
-def cc_chance_top1(root: Path) -> float:
+def cc_chance_top1(dataset: ReIDDataset) -> float:
     """CC top-1 of a random ranking on the synthetic target test set (`rlq.diagnostics.chance_top1`)."""
-    from rlq.data import load_dataset
-    from rlq.diagnostics import chance_top1
-
-    dataset = load_dataset("synthetic", root)
     cc = next(e for e in dataset.evaluations if e.name == "cc")
     return chance_top1(dataset.splits[cc.query_split], dataset.splits[cc.gallery_split], "cc")
 
 
-def attribute_chance(root: Path, gender_csv: Path, pose_csv: Path, pose_column: str) -> dict[str, float]:
+def attribute_chance(dataset: ReIDDataset, gender_csv: Path, pose_csv: Path, pose_column: str) -> dict[str, float]:
     """Majority-label rate of gender and pose over the training images of the synthetic target set."""
-    from rlq.attributes import attach_attributes, read_gender_csv, read_pose_csv
-    from rlq.data import load_dataset
-
-    train = attach_attributes(load_dataset("synthetic", root).train, read_gender_csv(gender_csv),
-                              read_pose_csv(pose_csv, pose_column))
+    train = attach_attributes(dataset.train, read_gender_csv(gender_csv), read_pose_csv(pose_csv, pose_column))
     return {"gender": majority_rate([s.gender for s in train]), "pose": majority_rate([s.pose for s in train])}
 
 
@@ -159,10 +151,11 @@ def main(argv: list[str] | None = None) -> str:
     except ReportError as error:
         raise SystemExit(f"error: {error}") from error
     text = "Clothes-changing (CC) protocol on the synthetic target test set; top-1 and mAP in percent.\n\n" + results_markdown(rows)
-    if args.root is not None:
-        text += f"\n\nA random ranking scores CC top-1 {100 * cc_chance_top1(args.root):.1f} on average."
-    if args.root is not None and args.pose_csv is not None:
-        chance = attribute_chance(args.root, args.root / "target" / "gender.csv", args.pose_csv, args.pose_column)
+    dataset = load_dataset("synthetic", args.root) if args.root is not None else None
+    if dataset is not None:
+        text += f"\n\nA random ranking scores CC top-1 {100 * cc_chance_top1(dataset):.1f} on average."
+    if dataset is not None and args.pose_csv is not None:
+        chance = attribute_chance(dataset, args.root / "target" / "gender.csv", args.pose_csv, args.pose_column)
         text += "\n\nAttribute heads (CAP) on the target training set, last epoch:\n\n" + attribute_markdown(accuracies, chance)
     write_text_atomic(args.out / "results.json", json.dumps(rows, indent=2) + "\n")
     write_text_atomic(args.out / "results.md", text + "\n")
