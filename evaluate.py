@@ -34,7 +34,7 @@ from rlq.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoi
 from rlq.data import DatasetLayoutError, Evaluation, Sample, load_dataset
 from rlq.diagnostics import dataset_clothes_leakage, diagnostics_text, lq_consistency
 from rlq.evaluation import results_table, run_evaluation, split_features
-from rlq.launch import LaunchError, check_launch
+from rlq.launch import LaunchError, check_launch, mixed_precision
 from rlq.lowquality import SizeBucketError, degraded_features, low_quality_report, lq_sample_sheet
 from rlq.ranking import OTHER_IDENTITY_COLOUR, SAME_IDENTITY_COLOUR, RankingError, rank_folders, ranking_strip
 
@@ -53,8 +53,9 @@ class Args:
     """Images per process per batch."""
     num_workers: int = 4
     """Data-loader worker processes per process."""
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    """Autocast precision of the feature extraction (features are summed and normalised in float32)."""
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    """Autocast precision of the feature extraction (features are summed and normalised in float32);
+    auto: bf16 on a GPU that has it, else fp32."""
     json: Path | None = None
     """Write the metrics (fractions in [0, 1]) to this JSON file."""
     save_features: Path | None = None
@@ -143,7 +144,7 @@ def dataset_name(args: Args, checkpoint: dict) -> str:
 def main(args: Args) -> dict[str, dict]:
     """The metrics of every protocol, plus "diagnostics" (and "degraded", "size_buckets" when asked for), on the
     main process; {} on the others and when ranking --query-dir."""
-    accelerator = Accelerator(mixed_precision=args.mixed_precision)
+    accelerator = Accelerator(mixed_precision=mixed_precision(args.mixed_precision))
     check_launch(accelerator)
     checkpoint = load_checkpoint(args.checkpoint)
     model = model_from_checkpoint(checkpoint, args.checkpoint).to(accelerator.device, memory_format=torch.channels_last)

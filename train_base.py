@@ -2,7 +2,7 @@
 
 The defaults reproduce the paper's base model on LTCC / PRCC (200 epochs; the
 authors' LTCC runs use batch 32 per process on 2 GPUs). One training step,
-top to bottom in `train_one_epoch`:
+top to bottom in `train_step`:
 
 1. forward the batch (originals, plus their recoloured copies with --masks);
 2. from --cal-start-epoch on, one step of the clothes classifier (the CAL
@@ -19,7 +19,6 @@ top to bottom in `train_one_epoch`:
 from __future__ import annotations
 
 import sys
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -27,11 +26,10 @@ from typing import Literal
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
-from tqdm import tqdm
 
 from rlq.checkpoint import CheckpointError, load_checkpoint, rng_states_of_all_processes, save_atomic
 from rlq.data import DatasetLayoutError, load_dataset, summary_table
-from rlq.launch import LaunchError, check_launch
+from rlq.launch import LaunchError, check_launch, mixed_precision
 from rlq.loaders import TrainImages, train_loader
 from rlq.losses import (
     clothes_adversarial_loss,
@@ -44,8 +42,9 @@ from rlq.metrics import within_identity_accuracy
 from rlq.model import CosineClassifier
 from rlq.sampler import PKSampler
 from rlq.training import (
+    LossLog,
     NonFiniteLoss,
-    check_finite,
+    adam,
     clothes_classes,
     eval_sets,
     evaluate_and_select,
@@ -113,8 +112,12 @@ class Config:
     """Images per process per evaluation batch."""
     num_workers: int = 4
     """Data-loader worker processes per process."""
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    """Autocast precision for forward passes (losses are computed in float32)."""
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    """Autocast precision of forward passes (losses are computed in float32); auto: bf16 on a GPU that has it, else fp32."""
+    compile: bool = False
+    """torch.compile the model (the first steps take longer while it compiles)."""
+    log_every: int = 50
+    """Read the loss terms back (one device sync), check them for NaN and log their means every N steps and at epoch end."""
     seed: int = 1
     """Base seed: torch uses seed + rank; the sampler shares the seed; augmentation uses (seed, epoch, rank, worker)."""
     resume: Path | None = None
@@ -127,65 +130,62 @@ def arch_kwargs(cfg: Config) -> dict:
     return {"split_after": cfg.split_after} if cfg.model == "base" else {}
 
 
+def train_step(cfg, adversarial, batch, model, clothes_classifier, optimizer, clothes_optimizer, pid2clothes, accelerator):
+    """One training step on one batch; returns the loss terms as device tensors (nothing is read back here)."""
+    images, pids, clothes = batch
+    # [B, n, 3, H, W] with n = 2 when each image comes with its recoloured copy.
+    images = images.flatten(0, 1).to(accelerator.device, non_blocking=True, memory_format=torch.channels_last)
+    pids = pids.flatten().to(accelerator.device, non_blocking=True)
+    clothes = clothes.flatten().to(accelerator.device, non_blocking=True)
+
+    out = model(images)
+    terms = {}
+    if adversarial:
+        # Discriminator step: the clothes classifier learns clothes from the detached f1.
+        terms["clothes_discriminator"] = clothes_discriminator_loss(clothes_classifier(out.f1.detach()), clothes)
+        clothes_optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(terms["clothes_discriminator"])
+        clothes_optimizer.step()
+    terms["id_f1"] = cross_entropy_smooth(out.id_logits_f1, pids)
+    if cfg.model == "base":
+        terms["id_f2"] = cross_entropy_smooth(out.id_logits_f2, pids)
+        terms["kl"] = softened_kl(out.id_logits_f1, out.id_logits_f2)
+        terms["triplet"] = triplet_loss(out.f2, pids)
+    if adversarial:
+        # The updated discriminator's view of the live f1. Its own gradients from this pass are
+        # discarded (zeroed before its next step), so they are not synchronised either.
+        with accelerator.no_sync(clothes_classifier):
+            cosines = clothes_classifier(out.f1)
+        terms["cal"] = clothes_adversarial_loss(cosines, clothes, pids, pid2clothes)
+    terms["total"] = torch.stack([v for k, v in terms.items() if k != "clothes_discriminator"]).sum()
+    if adversarial:  # how well the discriminator still tells this identity's outfits apart in f1 (not optimised)
+        terms["clothes_accuracy_within_id"] = within_identity_accuracy(cosines.detach(), clothes, pids, pid2clothes)
+
+    optimizer.zero_grad(set_to_none=True)
+    accelerator.backward(terms["total"])
+    optimizer.step()
+    return terms
+
+
 def train_one_epoch(cfg, epoch, model, clothes_classifier, optimizer, clothes_optimizer, loader, pid2clothes, accelerator, global_step):
     """One epoch of training; returns the mean of every loss term and the new global step."""
     model.train()
     clothes_classifier.train()
-    adversarial = epoch >= cfg.cal_start_epoch
     steps = len(loader) if cfg.max_steps_per_epoch is None else min(len(loader), cfg.max_steps_per_epoch)
-    sums = defaultdict(float)
-    progress = tqdm(total=steps, desc=f"epoch {epoch}", disable=not accelerator.is_main_process, leave=False)
-    for step, (images, pids, clothes) in enumerate(loader):
+    log = LossLog(accelerator, epoch=epoch, steps=steps, every=cfg.log_every, prefix="loss", desc=f"epoch {epoch}",
+                  global_step=global_step)
+    for step, batch in enumerate(loader):
         if step == steps:
             break
-        # [B, n, 3, H, W] with n = 2 when each image comes with its recoloured copy.
-        images = images.flatten(0, 1).to(accelerator.device, non_blocking=True, memory_format=torch.channels_last)
-        pids = pids.flatten().to(accelerator.device, non_blocking=True)
-        clothes = clothes.flatten().to(accelerator.device, non_blocking=True)
-
-        out = model(images)
-        terms = {}
-        if adversarial:
-            # Discriminator step: the clothes classifier learns clothes from the detached f1.
-            terms["clothes_discriminator"] = clothes_discriminator_loss(clothes_classifier(out.f1.detach()), clothes)
-            clothes_optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(terms["clothes_discriminator"])
-            clothes_optimizer.step()
-        terms["id_f1"] = cross_entropy_smooth(out.id_logits_f1, pids)
-        if cfg.model == "base":
-            terms["id_f2"] = cross_entropy_smooth(out.id_logits_f2, pids)
-            terms["kl"] = softened_kl(out.id_logits_f1, out.id_logits_f2)
-            terms["triplet"] = triplet_loss(out.f2, pids)
-        if adversarial:
-            # The updated discriminator's view of the live f1. Its own gradients from this pass are
-            # discarded (zeroed before its next step), so they are not synchronised either.
-            with accelerator.no_sync(clothes_classifier):
-                cosines = clothes_classifier(out.f1)
-            terms["cal"] = clothes_adversarial_loss(cosines, clothes, pids, pid2clothes)
-        backbone_terms = [v for k, v in terms.items() if k != "clothes_discriminator"]
-        terms["total"] = torch.stack(backbone_terms).sum()
-        if adversarial:  # how well the discriminator still tells this identity's outfits apart in f1 (not optimised)
-            terms["clothes_accuracy_within_id"] = within_identity_accuracy(cosines.detach(), clothes, pids, pid2clothes)
-        values = check_finite(terms, accelerator, epoch, step)
-
-        optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(terms["total"])
-        optimizer.step()
-
-        global_step += 1
-        for k, v in values.items():
-            sums[k] += v
-        accelerator.log({f"loss/{k}": v for k, v in values.items()}, step=global_step)
-        progress.set_postfix({k: f"{v:.3f}" for k, v in values.items()})
-        progress.update()
-    progress.close()
-    return {k: v / steps for k, v in sums.items()}, global_step
+        log.add(train_step(cfg, epoch >= cfg.cal_start_epoch, batch, model, clothes_classifier, optimizer, clothes_optimizer,
+                           pid2clothes, accelerator))
+    return log.close()
 
 
 def main(cfg: Config) -> dict:
     """Train; returns the best evaluation (epoch, top-1, mAP and all results) on the main process, None elsewhere."""
     accelerator = Accelerator(
-        mixed_precision=cfg.mixed_precision,
+        mixed_precision=mixed_precision(cfg.mixed_precision),
         log_with="tensorboard",
         project_config=ProjectConfiguration(project_dir=str(cfg.output), logging_dir=str(cfg.output / "tensorboard")),
     )
@@ -198,9 +198,11 @@ def main(cfg: Config) -> dict:
     recolouring, pid2clothes = clothes_classes(dataset, cfg.masks)
     model = new_model(cfg, cfg.model, dataset.num_train_pids, accelerator, **arch_kwargs(cfg))
     model = model.to(accelerator.device, memory_format=torch.channels_last)
+    if cfg.compile:
+        model.compile()  # in place: state_dict keys and unwrap_model stay those of the plain model
     clothes_classifier = CosineClassifier(model.feature_dim, pid2clothes.shape[1]).to(accelerator.device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    clothes_optimizer = torch.optim.Adam(clothes_classifier.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = adam(model.parameters(), cfg.lr, cfg.weight_decay)
+    clothes_optimizer = adam(clothes_classifier.parameters(), cfg.lr, cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.milestones), gamma=cfg.gamma)
 
     start_epoch, best, history = 0, None, {"train": [], "evaluations": []}
@@ -226,7 +228,6 @@ def main(cfg: Config) -> dict:
     global_step = sum(entry["steps"] for entry in history["train"])  # the sampler's batch count varies by epoch
     for epoch in range(start_epoch, cfg.epochs):
         sampler.set_epoch(epoch)
-        train_set.set_epoch(epoch)
         first_step = global_step
         losses, global_step = train_one_epoch(cfg, epoch, model, clothes_classifier, optimizer, clothes_optimizer,
                                               loader, pid2clothes, accelerator, global_step)

@@ -2,7 +2,7 @@
 
 The model is the RLQ student architecture (CAL branch f1, ID branch f2, pose branch f3)
 trained on one dataset with the full CAP loss; its checkpoints also serve as a TAD
-teacher (train_rlq.py --teacher). One training step, top to bottom in `train_one_epoch`:
+teacher (train_rlq.py --teacher). One training step, top to bottom in `train_step`:
 
 1. forward the batch (originals, plus their recoloured copies with --masks);
 2. from --cal-start-epoch on, one step of the clothes classifier (the CAL
@@ -21,7 +21,6 @@ teacher (train_rlq.py --teacher). One training step, top to bottom in `train_one
 from __future__ import annotations
 
 import sys
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -29,12 +28,11 @@ from typing import Literal
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import ProjectConfiguration, set_seed
-from tqdm import tqdm
 
 from rlq.attributes import AttributeFileError, label_training_samples, num_pose_classes
 from rlq.checkpoint import CheckpointError, load_checkpoint, rng_states_of_all_processes, save_atomic
 from rlq.data import DatasetLayoutError, load_dataset, summary_table
-from rlq.launch import LaunchError, check_launch
+from rlq.launch import LaunchError, check_launch, mixed_precision
 from rlq.loaders import AttributedTrainImages, train_loader
 from rlq.losses import (
     abs_cosine_loss,
@@ -48,8 +46,9 @@ from rlq.metrics import accuracy, within_identity_accuracy
 from rlq.model import CosineClassifier
 from rlq.sampler import PKSampler
 from rlq.training import (
+    LossLog,
     NonFiniteLoss,
-    check_finite,
+    adam,
     clothes_classes,
     eval_sets,
     evaluate_and_select,
@@ -133,8 +132,12 @@ class Config:
     """Images per process per evaluation batch."""
     num_workers: int = 4
     """Data-loader worker processes per process."""
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    """Autocast precision for forward passes (losses are computed in float32)."""
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    """Autocast precision of forward passes (losses are computed in float32); auto: bf16 on a GPU that has it, else fp32."""
+    compile: bool = False
+    """torch.compile the model (the first steps take longer while it compiles)."""
+    log_every: int = 50
+    """Read the loss terms back (one device sync), check them for NaN and log their means every N steps and at the end of each pass."""
     seed: int = 1
     """Base seed: torch uses seed + rank; the sampler shares the seed; augmentation uses (seed, epoch, rank, worker)."""
     resume: Path | None = None
@@ -148,70 +151,68 @@ def arch_kwargs(cfg: Config) -> dict:
             "gender_input": cfg.gender_input}
 
 
+def train_step(cfg, adversarial, batch, model, clothes_classifier, optimizer, clothes_optimizer, pid2clothes, accelerator):
+    """One training step on one batch; returns the loss terms as device tensors (nothing is read back here)."""
+    images, pids, clothes, attributes = batch
+    # [B, n, ...] with n = 2 when each image comes with its recoloured copy.
+    images = images.flatten(0, 1).to(accelerator.device, non_blocking=True, memory_format=torch.channels_last)
+    pids = pids.flatten().to(accelerator.device, non_blocking=True)
+    clothes = clothes.flatten().to(accelerator.device, non_blocking=True)
+    genders, poses = attributes.flatten(0, 1).to(accelerator.device, non_blocking=True).unbind(1)
+    disentangled = ("f1", "f2") if cfg.disentangle == "both" else (cfg.disentangle,)
+
+    out = model(images)
+    terms = {}
+    if adversarial:
+        # Discriminator step: the clothes classifier learns clothes from the detached f1.
+        terms["clothes_discriminator"] = clothes_discriminator_loss(clothes_classifier(out.f1.detach()), clothes)
+        clothes_optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(terms["clothes_discriminator"])
+        clothes_optimizer.step()
+    terms["id_f1"] = cross_entropy_smooth(out.id_logits_f1, pids)
+    terms["id_f2"] = cross_entropy_smooth(out.id_logits_f2, pids)
+    if "pose" in cfg.attributes:
+        terms["pose"] = cross_entropy_smooth(out.pose_logits, poses)
+    if "gender" in cfg.attributes:
+        terms["gender"] = cross_entropy_smooth(out.gender_logits, genders)
+    terms["kl"] = softened_kl(out.id_logits_f1, out.id_logits_f2)
+    if "pose" in cfg.attributes:
+        for name in disentangled:
+            terms[f"disentangle_{name}"] = abs_cosine_loss(getattr(out, name), out.f3)
+    terms["triplet"] = triplet_loss(out.f2, pids)
+    if adversarial:
+        # The updated discriminator's view of the live f1 (its own gradients from this pass are discarded).
+        with accelerator.no_sync(clothes_classifier):
+            cosines = clothes_classifier(out.f1)
+        terms["cal"] = clothes_adversarial_loss(cosines, clothes, pids, pid2clothes)
+    terms["total"] = torch.stack([v for k, v in terms.items() if k != "clothes_discriminator"]).sum()
+    if adversarial:  # how well the discriminator still tells this identity's outfits apart in f1 (not optimised)
+        terms["clothes_accuracy_within_id"] = within_identity_accuracy(cosines.detach(), clothes, pids, pid2clothes)
+    # Training accuracy of the attribute heads, logged beside the losses (after the total: not optimised).
+    if "pose" in cfg.attributes:
+        terms["pose_accuracy"] = accuracy(out.pose_logits, poses)
+    if "gender" in cfg.attributes:
+        terms["gender_accuracy"] = accuracy(out.gender_logits, genders)
+
+    optimizer.zero_grad(set_to_none=True)
+    accelerator.backward(terms["total"])
+    optimizer.step()
+    return terms
+
+
 def train_one_epoch(cfg, epoch, model, clothes_classifier, optimizer, clothes_optimizer, loader, pid2clothes, accelerator, global_step):
     """One epoch of training; returns the mean of every loss term and the new global step."""
     model.train()
     clothes_classifier.train()
-    adversarial = epoch >= cfg.cal_start_epoch
-    disentangled = ("f1", "f2") if cfg.disentangle == "both" else (cfg.disentangle,)
     steps = len(loader) if cfg.max_steps_per_epoch is None else min(len(loader), cfg.max_steps_per_epoch)
-    sums = defaultdict(float)
-    progress = tqdm(total=steps, desc=f"epoch {epoch}", disable=not accelerator.is_main_process, leave=False)
-    for step, (images, pids, clothes, attributes) in enumerate(loader):
+    log = LossLog(accelerator, epoch=epoch, steps=steps, every=cfg.log_every, prefix="loss", desc=f"epoch {epoch}",
+                  global_step=global_step)
+    for step, batch in enumerate(loader):
         if step == steps:
             break
-        # [B, n, ...] with n = 2 when each image comes with its recoloured copy.
-        images = images.flatten(0, 1).to(accelerator.device, non_blocking=True, memory_format=torch.channels_last)
-        pids = pids.flatten().to(accelerator.device, non_blocking=True)
-        clothes = clothes.flatten().to(accelerator.device, non_blocking=True)
-        genders, poses = attributes.flatten(0, 1).to(accelerator.device, non_blocking=True).unbind(1)
-
-        out = model(images)
-        terms = {}
-        if adversarial:
-            # Discriminator step: the clothes classifier learns clothes from the detached f1.
-            terms["clothes_discriminator"] = clothes_discriminator_loss(clothes_classifier(out.f1.detach()), clothes)
-            clothes_optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(terms["clothes_discriminator"])
-            clothes_optimizer.step()
-        terms["id_f1"] = cross_entropy_smooth(out.id_logits_f1, pids)
-        terms["id_f2"] = cross_entropy_smooth(out.id_logits_f2, pids)
-        if "pose" in cfg.attributes:
-            terms["pose"] = cross_entropy_smooth(out.pose_logits, poses)
-        if "gender" in cfg.attributes:
-            terms["gender"] = cross_entropy_smooth(out.gender_logits, genders)
-        terms["kl"] = softened_kl(out.id_logits_f1, out.id_logits_f2)
-        if "pose" in cfg.attributes:
-            for name in disentangled:
-                terms[f"disentangle_{name}"] = abs_cosine_loss(getattr(out, name), out.f3)
-        terms["triplet"] = triplet_loss(out.f2, pids)
-        if adversarial:
-            # The updated discriminator's view of the live f1 (its own gradients from this pass are discarded).
-            with accelerator.no_sync(clothes_classifier):
-                cosines = clothes_classifier(out.f1)
-            terms["cal"] = clothes_adversarial_loss(cosines, clothes, pids, pid2clothes)
-        terms["total"] = torch.stack([v for k, v in terms.items() if k != "clothes_discriminator"]).sum()
-        if adversarial:  # how well the discriminator still tells this identity's outfits apart in f1 (not optimised)
-            terms["clothes_accuracy_within_id"] = within_identity_accuracy(cosines.detach(), clothes, pids, pid2clothes)
-        # Training accuracy of the attribute heads, logged beside the losses (after the total: not optimised).
-        if "pose" in cfg.attributes:
-            terms["pose_accuracy"] = accuracy(out.pose_logits, poses)
-        if "gender" in cfg.attributes:
-            terms["gender_accuracy"] = accuracy(out.gender_logits, genders)
-        values = check_finite(terms, accelerator, epoch, step)
-
-        optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(terms["total"])
-        optimizer.step()
-
-        global_step += 1
-        for k, v in values.items():
-            sums[k] += v
-        accelerator.log({f"loss/{k}": v for k, v in values.items()}, step=global_step)
-        progress.set_postfix({k: f"{v:.3f}" for k, v in values.items()})
-        progress.update()
-    progress.close()
-    return {k: v / steps for k, v in sums.items()}, global_step
+        log.add(train_step(cfg, epoch >= cfg.cal_start_epoch, batch, model, clothes_classifier, optimizer, clothes_optimizer,
+                           pid2clothes, accelerator))
+    return log.close()
 
 
 def main(cfg: Config) -> dict:
@@ -219,7 +220,7 @@ def main(cfg: Config) -> dict:
     # Without one of the attributes its head (gender) or branch (pose) gets no gradient: DDP must allow that.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=set(cfg.attributes) != {"gender", "pose"})
     accelerator = Accelerator(
-        mixed_precision=cfg.mixed_precision,
+        mixed_precision=mixed_precision(cfg.mixed_precision),
         log_with="tensorboard",
         project_config=ProjectConfiguration(project_dir=str(cfg.output), logging_dir=str(cfg.output / "tensorboard")),
         kwargs_handlers=[ddp],
@@ -234,9 +235,11 @@ def main(cfg: Config) -> dict:
     recolouring, pid2clothes = clothes_classes(dataset, cfg.masks)
     model = new_model(cfg, "rlq", dataset.num_train_pids, accelerator, **arch_kwargs(cfg))
     model = model.to(accelerator.device, memory_format=torch.channels_last)
+    if cfg.compile:
+        model.compile()  # in place: state_dict keys and unwrap_model stay those of the plain model
     clothes_classifier = CosineClassifier(model.feature_dim, pid2clothes.shape[1]).to(accelerator.device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    clothes_optimizer = torch.optim.Adam(clothes_classifier.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = adam(model.parameters(), cfg.lr, cfg.weight_decay)
+    clothes_optimizer = adam(clothes_classifier.parameters(), cfg.lr, cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.milestones), gamma=cfg.gamma)
 
     start_epoch, best, history = 0, None, {"train": [], "evaluations": []}
@@ -262,7 +265,6 @@ def main(cfg: Config) -> dict:
     global_step = sum(entry["steps"] for entry in history["train"])
     for epoch in range(start_epoch, cfg.epochs):
         sampler.set_epoch(epoch)
-        train_set.set_epoch(epoch)
         first_step = global_step
         losses, global_step = train_one_epoch(cfg, epoch, model, clothes_classifier, optimizer, clothes_optimizer,
                                               loader, pid2clothes, accelerator, global_step)

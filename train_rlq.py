@@ -6,7 +6,7 @@ pass over the target set (--dataset); one Adam optimizer and one schedule serve 
 clothes classifier keeps its own Adam. last.pt is written after each of the two phases, so
 a resume continues the alternation where it stopped.
 
-One TAD step, top to bottom in `tad_terms` and `tad_epoch`:
+One TAD step, top to bottom in `tad_step` and `tad_terms`:
 
 1. x_hq = external images, x_lq = their synthetic low-quality copies (the TARGET dataset's mix),
    each view augmented independently;
@@ -17,7 +17,7 @@ One TAD step, top to bottom in `tad_terms` and `tad_epoch`:
    + KL(o2_hq || o2_lq) + KL(o1_hq || o1_lq)   (--teacher none: the two KL terms only);
 5. one optimizer step for the student.
 
-One CAP step (`cap_epoch`) is train_cgal.py's: discriminator step from --cal-start-epoch, then
+One CAP step (`cap_step`) is train_cgal.py's: discriminator step from --cal-start-epoch, then
 CE(o1) + CE(o2) + CE(pose) + CE(gender) + KL(o2 -> o1) + mean|cos(f2, f3)| + Triplet(f2) + CAL(f1).
 
     python train_rlq.py --dataset synthetic --teacher runs/teacher/last.pt --external-dataset synthetic-external \\
@@ -30,7 +30,6 @@ CE(o1) + CE(o2) + CE(pose) + CE(gender) + KL(o2 -> o1) + mean|cos(f2, f3)| + Tri
 from __future__ import annotations
 
 import sys
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -38,7 +37,6 @@ from typing import Literal
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import ProjectConfiguration, set_seed
-from tqdm import tqdm
 
 from rlq.attributes import AttributeFileError, label_training_samples, num_pose_classes
 from rlq.checkpoint import (
@@ -49,7 +47,7 @@ from rlq.checkpoint import (
     save_atomic,
 )
 from rlq.data import DatasetLayoutError, load_dataset, summary_table
-from rlq.launch import LaunchError, check_launch
+from rlq.launch import LaunchError, check_launch, mixed_precision
 from rlq.loaders import AttributedTrainImages, TADPairs, tad_loader, train_loader
 from rlq.losses import (
     abs_cosine_loss,
@@ -64,8 +62,9 @@ from rlq.metrics import accuracy, within_identity_accuracy
 from rlq.model import BaseModel, CosineClassifier, RLQModel
 from rlq.sampler import PKSampler
 from rlq.training import (
+    LossLog,
     NonFiniteLoss,
-    check_finite,
+    adam,
     clothes_classes,
     eval_sets,
     evaluate_and_select,
@@ -157,8 +156,12 @@ class Config:
     """Images per process per evaluation batch."""
     num_workers: int = 4
     """Data-loader worker processes per process."""
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    """Autocast precision for forward passes, teacher included (losses are computed in float32)."""
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    """Autocast precision of forward passes, teacher included (losses in float32); auto: bf16 on a GPU that has it, else fp32."""
+    compile: bool = False
+    """torch.compile the model (the first steps take longer while it compiles)."""
+    log_every: int = 50
+    """Read the loss terms back (one device sync), check them for NaN and log their means every N steps and at the end of each pass."""
     seed: int = 1
     """Base seed: torch uses seed + rank; samplers share the seed; augmentation uses (seed, epoch, rank, worker)."""
     resume: Path | None = None
@@ -225,107 +228,99 @@ def tad_terms(model, teacher, x_hq: torch.Tensor, x_lq: torch.Tensor, accelerato
     return terms
 
 
+def tad_step(batch, model, teacher, optimizer, accelerator):
+    """One TAD step on one batch of external images; returns the loss terms as device tensors."""
+    x_hq, x_lq = (x.to(accelerator.device, non_blocking=True, memory_format=torch.channels_last) for x in batch)
+    terms = tad_terms(model, teacher, x_hq, x_lq, accelerator)
+    optimizer.zero_grad(set_to_none=True)
+    accelerator.backward(terms["total"])
+    optimizer.step()
+    return terms
+
+
 def tad_epoch(cfg, epoch, model, teacher, optimizer, loader, accelerator, global_step):
     """One TAD pass over the external set; returns the mean of every loss term and the new global step."""
     model.train()
     steps = len(loader) if cfg.max_steps_per_epoch is None else min(len(loader), cfg.max_steps_per_epoch)
-    sums = defaultdict(float)
-    progress = tqdm(total=steps, desc=f"epoch {epoch} TAD", disable=not accelerator.is_main_process, leave=False)
-    for step, (x_hq, x_lq) in enumerate(loader):
+    log = LossLog(accelerator, epoch=epoch, steps=steps, every=cfg.log_every, prefix="tad", desc=f"epoch {epoch} TAD",
+                  global_step=global_step)
+    for step, batch in enumerate(loader):
         if step == steps:
             break
-        x_hq = x_hq.to(accelerator.device, non_blocking=True, memory_format=torch.channels_last)
-        x_lq = x_lq.to(accelerator.device, non_blocking=True, memory_format=torch.channels_last)
+        log.add(tad_step(batch, model, teacher, optimizer, accelerator))
+    return log.close()
 
-        terms = tad_terms(model, teacher, x_hq, x_lq, accelerator)
-        values = check_finite(terms, accelerator, epoch, step)
 
-        optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(terms["total"])
-        optimizer.step()
+def cap_step(cfg, adversarial, batch, model, clothes_classifier, optimizer, clothes_optimizer, pid2clothes, accelerator):
+    """One CAP step on one batch of target images; returns the loss terms as device tensors (nothing is read back here)."""
+    images, pids, clothes, labels = batch
+    # [B, n, ...] with n = 2 when each image comes with its recoloured copy.
+    images = images.flatten(0, 1).to(accelerator.device, non_blocking=True, memory_format=torch.channels_last)
+    pids = pids.flatten().to(accelerator.device, non_blocking=True)
+    clothes = clothes.flatten().to(accelerator.device, non_blocking=True)
+    genders, poses = labels.flatten(0, 1).to(accelerator.device, non_blocking=True).unbind(1)
+    attributes = used_attributes(cfg)
+    disentangled = ("f1", "f2") if cfg.disentangle == "both" else (cfg.disentangle,)
 
-        global_step += 1
-        for k, v in values.items():
-            sums[k] += v
-        accelerator.log({f"tad/{k}": v for k, v in values.items()}, step=global_step)
-        progress.set_postfix({k: f"{v:.3f}" for k, v in values.items()})
-        progress.update()
-    progress.close()
-    return {k: v / steps for k, v in sums.items()}, global_step
+    out = model(images)
+    terms = {}
+    if adversarial:
+        # Discriminator step: the clothes classifier learns clothes from the detached f1.
+        terms["clothes_discriminator"] = clothes_discriminator_loss(clothes_classifier(out.f1.detach()), clothes)
+        clothes_optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(terms["clothes_discriminator"])
+        clothes_optimizer.step()
+    terms["id_f1"] = cross_entropy_smooth(out.id_logits_f1, pids)
+    terms["id_f2"] = cross_entropy_smooth(out.id_logits_f2, pids)
+    if "pose" in attributes:
+        terms["pose"] = cross_entropy_smooth(out.pose_logits, poses)
+    if "gender" in attributes:
+        terms["gender"] = cross_entropy_smooth(out.gender_logits, genders)
+    terms["kl"] = softened_kl(out.id_logits_f1, out.id_logits_f2)
+    if "pose" in attributes:
+        for name in disentangled:
+            terms[f"disentangle_{name}"] = abs_cosine_loss(getattr(out, name), out.f3)
+    terms["triplet"] = triplet_loss(out.f2, pids)
+    if adversarial:
+        # The updated discriminator's view of the live f1 (its own gradients from this pass are discarded).
+        with accelerator.no_sync(clothes_classifier):
+            cosines = clothes_classifier(out.f1)
+        terms["cal"] = clothes_adversarial_loss(cosines, clothes, pids, pid2clothes)
+    terms["total"] = torch.stack([v for k, v in terms.items() if k != "clothes_discriminator"]).sum()
+    if adversarial:  # how well the discriminator still tells this identity's outfits apart in f1 (not optimised)
+        terms["clothes_accuracy_within_id"] = within_identity_accuracy(cosines.detach(), clothes, pids, pid2clothes)
+    # Training accuracy of the attribute heads, logged beside the losses (after the total: not optimised).
+    if "pose" in attributes:
+        terms["pose_accuracy"] = accuracy(out.pose_logits, poses)
+    if "gender" in attributes:
+        terms["gender_accuracy"] = accuracy(out.gender_logits, genders)
+
+    optimizer.zero_grad(set_to_none=True)
+    accelerator.backward(terms["total"])
+    optimizer.step()
+    return terms
 
 
 def cap_epoch(cfg, epoch, model, clothes_classifier, optimizer, clothes_optimizer, loader, pid2clothes, accelerator, global_step):
     """One CAP pass over the target set; returns the mean of every loss term and the new global step."""
     model.train()
     clothes_classifier.train()
-    adversarial = epoch >= cfg.cal_start_epoch
-    attributes = used_attributes(cfg)
-    disentangled = ("f1", "f2") if cfg.disentangle == "both" else (cfg.disentangle,)
     steps = len(loader) if cfg.max_steps_per_epoch is None else min(len(loader), cfg.max_steps_per_epoch)
-    sums = defaultdict(float)
-    progress = tqdm(total=steps, desc=f"epoch {epoch} CAP", disable=not accelerator.is_main_process, leave=False)
-    for step, (images, pids, clothes, labels) in enumerate(loader):
+    log = LossLog(accelerator, epoch=epoch, steps=steps, every=cfg.log_every, prefix="loss", desc=f"epoch {epoch} CAP",
+                  global_step=global_step)
+    for step, batch in enumerate(loader):
         if step == steps:
             break
-        # [B, n, ...] with n = 2 when each image comes with its recoloured copy.
-        images = images.flatten(0, 1).to(accelerator.device, non_blocking=True, memory_format=torch.channels_last)
-        pids = pids.flatten().to(accelerator.device, non_blocking=True)
-        clothes = clothes.flatten().to(accelerator.device, non_blocking=True)
-        genders, poses = labels.flatten(0, 1).to(accelerator.device, non_blocking=True).unbind(1)
-
-        out = model(images)
-        terms = {}
-        if adversarial:
-            # Discriminator step: the clothes classifier learns clothes from the detached f1.
-            terms["clothes_discriminator"] = clothes_discriminator_loss(clothes_classifier(out.f1.detach()), clothes)
-            clothes_optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(terms["clothes_discriminator"])
-            clothes_optimizer.step()
-        terms["id_f1"] = cross_entropy_smooth(out.id_logits_f1, pids)
-        terms["id_f2"] = cross_entropy_smooth(out.id_logits_f2, pids)
-        if "pose" in attributes:
-            terms["pose"] = cross_entropy_smooth(out.pose_logits, poses)
-        if "gender" in attributes:
-            terms["gender"] = cross_entropy_smooth(out.gender_logits, genders)
-        terms["kl"] = softened_kl(out.id_logits_f1, out.id_logits_f2)
-        if "pose" in attributes:
-            for name in disentangled:
-                terms[f"disentangle_{name}"] = abs_cosine_loss(getattr(out, name), out.f3)
-        terms["triplet"] = triplet_loss(out.f2, pids)
-        if adversarial:
-            # The updated discriminator's view of the live f1 (its own gradients from this pass are discarded).
-            with accelerator.no_sync(clothes_classifier):
-                cosines = clothes_classifier(out.f1)
-            terms["cal"] = clothes_adversarial_loss(cosines, clothes, pids, pid2clothes)
-        terms["total"] = torch.stack([v for k, v in terms.items() if k != "clothes_discriminator"]).sum()
-        if adversarial:  # how well the discriminator still tells this identity's outfits apart in f1 (not optimised)
-            terms["clothes_accuracy_within_id"] = within_identity_accuracy(cosines.detach(), clothes, pids, pid2clothes)
-        # Training accuracy of the attribute heads, logged beside the losses (after the total: not optimised).
-        if "pose" in attributes:
-            terms["pose_accuracy"] = accuracy(out.pose_logits, poses)
-        if "gender" in attributes:
-            terms["gender_accuracy"] = accuracy(out.gender_logits, genders)
-        values = check_finite(terms, accelerator, epoch, step)
-
-        optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(terms["total"])
-        optimizer.step()
-
-        global_step += 1
-        for k, v in values.items():
-            sums[k] += v
-        accelerator.log({f"cap/{k}": v for k, v in values.items()}, step=global_step)
-        progress.set_postfix({k: f"{v:.3f}" for k, v in values.items()})
-        progress.update()
-    progress.close()
-    return {k: v / steps for k, v in sums.items()}, global_step
+        log.add(cap_step(cfg, epoch >= cfg.cal_start_epoch, batch, model, clothes_classifier, optimizer, clothes_optimizer,
+                         pid2clothes, accelerator))
+    return log.close()
 
 
 def main(cfg: Config) -> dict:
     """Train; returns the best evaluation (epoch, top-1, mAP and all results) on the main process, None elsewhere."""
     # The TAD step leaves the pose branch and the attribute heads without gradients: DDP must allow that.
     accelerator = Accelerator(
-        mixed_precision=cfg.mixed_precision,
+        mixed_precision=mixed_precision(cfg.mixed_precision),
         log_with="tensorboard",
         project_config=ProjectConfiguration(project_dir=str(cfg.output), logging_dir=str(cfg.output / "tensorboard")),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.tad_model == "rlq")],
@@ -342,10 +337,12 @@ def main(cfg: Config) -> dict:
     recolouring, pid2clothes = clothes_classes(dataset, cfg.masks)
     model = new_model(cfg, cfg.tad_model, dataset.num_train_pids, accelerator, **arch_kwargs(cfg))
     model = model.to(accelerator.device, memory_format=torch.channels_last)
+    if cfg.compile:
+        model.compile()  # in place: state_dict keys and unwrap_model stay those of the plain model
     teacher = None if cfg.teacher == "none" else load_teacher(cfg.teacher, model, accelerator.device)
     clothes_classifier = CosineClassifier(model.feature_dim, pid2clothes.shape[1]).to(accelerator.device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)  # the student only
-    clothes_optimizer = torch.optim.Adam(clothes_classifier.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = adam(model.parameters(), cfg.lr, cfg.weight_decay)  # the student only
+    clothes_optimizer = adam(clothes_classifier.parameters(), cfg.lr, cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.milestones), gamma=cfg.gamma)
 
     start_epoch, skip_tad, best, history = 0, False, None, {"tad": [], "train": [], "evaluations": []}
@@ -392,7 +389,6 @@ def main(cfg: Config) -> dict:
     for epoch in range(start_epoch, cfg.epochs):
         if not (skip_tad and epoch == start_epoch):
             tad_sampler.set_epoch(epoch)
-            tad_set.set_epoch(epoch)
             first_step = global_step
             losses, global_step = tad_epoch(cfg, epoch, model, teacher, optimizer, tad_batches, accelerator, global_step)
             history["tad"].append({"epoch": epoch, "steps": global_step - first_step, "lr": scheduler.get_last_lr()[0], **losses})
@@ -401,7 +397,6 @@ def main(cfg: Config) -> dict:
             accelerator.wait_for_everyone()
 
         sampler.set_epoch(epoch)
-        train_set.set_epoch(epoch)
         first_step = global_step
         losses, global_step = cap_epoch(cfg, epoch, model, clothes_classifier, optimizer, clothes_optimizer,
                                         loader, pid2clothes, accelerator, global_step)

@@ -1,9 +1,11 @@
-"""A guard for multi-process launches that Accelerate would silently run as independent single processes."""
+"""How the scripts set up Accelerate: the default precision, and a guard for multi-process launches that
+Accelerate would silently run as independent single processes."""
 
 from __future__ import annotations
 
 import os
 
+import torch
 from accelerate import Accelerator
 
 
@@ -25,3 +27,10 @@ def check_launch(accelerator: Accelerator) -> None:
             f"{launched} processes were launched but Accelerate sees {accelerator.num_processes}; on a machine "
             "without GPUs launch with: ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes N ..."
         )
+
+
+def mixed_precision(choice: str) -> str:
+    """--mixed-precision auto: bf16 where the GPU supports it, else fp32 ("no")."""
+    if choice != "auto":
+        return choice
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"

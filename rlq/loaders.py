@@ -19,9 +19,9 @@ from rlq.transforms import EvalTransform, TrainTransform, load_image, tad_pair, 
 class EpochSeededImages(Dataset):
     """Images of `samples` whose augmentation draws come from one generator per (seed, epoch, rank, loader worker).
 
-    The generator is created on the first item of the epoch in each worker: call
-    `set_epoch` before every epoch and use non-persistent workers, so the workers
-    pick up the new epoch.
+    Items are indexed by (epoch, index) pairs, as `EpochTagged` yields them, so that
+    persistent loader workers learn the epoch from the sampler: each worker starts a new
+    generator on its first item of a new epoch. A plain index means epoch 0.
     """
 
     def __init__(self, samples: list[Sample], transform: TrainTransform, seed: int, rank: int) -> None:
@@ -29,21 +29,30 @@ class EpochSeededImages(Dataset):
         self.transform = transform
         self.seed = seed
         self.rank = rank
-        self.epoch = 0
-        self._rng: np.random.Generator | None = None
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        self._rng = None
+        self._rng: tuple[int, np.random.Generator] | None = None  # (epoch, this worker's generator)
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    @property
-    def rng(self) -> np.random.Generator:
-        if self._rng is None:
-            self._rng = worker_rng(self.seed, self.epoch, self.rank)
-        return self._rng
+    def sample_and_rng(self, item: int | tuple[int, int]) -> tuple[Sample, np.random.Generator]:
+        epoch, index = item if isinstance(item, tuple) else (0, item)
+        if self._rng is None or self._rng[0] != epoch:
+            self._rng = (epoch, worker_rng(self.seed, epoch, self.rank))
+        return self.samples[index], self._rng[1]
+
+
+class EpochTagged(Sampler):
+    """Yields (epoch, index) for every index of a sampler with an `epoch` attribute (set by its `set_epoch`)."""
+
+    def __init__(self, sampler: PKSampler | DistributedSampler) -> None:
+        self.sampler = sampler
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        epoch = self.sampler.epoch
+        return ((epoch, int(index)) for index in self.sampler)
 
 
 class TrainImages(EpochSeededImages):
@@ -64,8 +73,8 @@ class TrainImages(EpochSeededImages):
         super().__init__(samples, transform, seed, rank)
         self.recolouring = recolouring
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        sample, rng = self.samples[index], self.rng
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        sample, rng = self.sample_and_rng(item)
         img = load_image(sample.path)
         images, clothes = [self.transform(img, rng)], [sample.clothes_id]
         if self.recolouring is not None:
@@ -81,16 +90,20 @@ def train_loader(dataset: TrainImages, sampler: PKSampler, batch_size: int, num_
     return _epoch_loader(dataset, sampler, batch_size, num_workers)
 
 
-def _epoch_loader(dataset: Dataset, sampler: Sampler, batch_size: int, num_workers: int) -> DataLoader:
-    """Full batches in the order of a rank-aware sampler, with workers started afresh each epoch."""
+def _epoch_loader(dataset: Dataset, sampler: PKSampler | DistributedSampler, batch_size: int, num_workers: int) -> DataLoader:
+    """Full batches in the order of a rank-aware sampler; call `sampler.set_epoch` before every epoch.
+
+    The workers live for the whole run (no start-up cost per epoch): they learn the epoch
+    from the (epoch, index) items of `EpochTagged`.
+    """
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=sampler,
+        sampler=EpochTagged(sampler),
         num_workers=num_workers,
         drop_last=True,
         pin_memory=torch.cuda.is_available(),
-        persistent_workers=False,  # new workers each epoch see the dataset's new epoch
+        persistent_workers=num_workers > 0,
     )
 
 
@@ -134,9 +147,9 @@ class AttributedTrainImages(TrainImages):
     Fill the samples with `rlq.attributes.attach_attributes` first.
     """
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        images, pids, clothes = super().__getitem__(index)
-        sample = self.samples[index]
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        images, pids, clothes = super().__getitem__(item)
+        sample = self.samples[item[1] if isinstance(item, tuple) else item]
         return images, pids, clothes, torch.tensor([[sample.gender, sample.pose]]).expand(len(images), 2)
 
 
@@ -152,8 +165,9 @@ class TADPairs(EpochSeededImages):
         super().__init__(samples, transform, seed, rank)
         self.mix = mix
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return tad_pair(load_image(self.samples[index].path), self.mix, self.transform, self.rng)
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        sample, rng = self.sample_and_rng(item)
+        return tad_pair(load_image(sample.path), self.mix, self.transform, rng)
 
 
 def tad_loader(dataset: TADPairs, batch_size: int, num_workers: int, seed: int, rank: int,

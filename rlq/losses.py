@@ -100,7 +100,8 @@ def clothes_adversarial_loss(
     # log of sum_{k not in P_i} exp(z_ik); -inf if the identity owns every class.
     others = torch.logsumexp(logits.masked_fill(own, float("-inf")), dim=1, keepdim=True)
     log_p = logits - torch.logaddexp(others, logits)
-    onehot = F.one_hot(clothes_labels, logits.shape[1]).to(logits.dtype)
+    # Not F.one_hot: on a GPU it checks the label range, a host-device sync inside every step.
+    onehot = torch.zeros_like(logits).scatter_(1, clothes_labels[:, None], 1.0)
     weights = (1.0 - eps) * onehot + eps * own / own.sum(dim=1, keepdim=True)
     return -(weights * log_p).sum(dim=1).mean()
 

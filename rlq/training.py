@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
+from tqdm import tqdm
 
 from rlq.checkpoint import init_from_checkpoint, load_checkpoint, load_state_checked, plain, provenance, set_rng_states
 from rlq.data import DatasetLayoutError, ReIDDataset
@@ -48,14 +49,71 @@ def clothes_classes(dataset: ReIDDataset, masks: Path | None) -> tuple[Recolouri
     return Recolouring(masks, dataset.num_train_clothes, colours), widen_pid2clothes(dataset.pid2clothes, colours)
 
 
-def check_finite(terms: dict[str, torch.Tensor], accelerator: Accelerator, epoch: int, step: int) -> dict[str, float]:
-    """Loss terms averaged over processes; raise if any is not finite (on every process, so none hangs)."""
-    values = accelerator.reduce(torch.stack([t.detach().float() for t in terms.values()]), reduction="mean")
-    named = dict(zip(terms, values.tolist()))
-    if not all(math.isfinite(v) for v in named.values()):
-        shown = ", ".join(f"{k}={v:.4g}" for k, v in named.items())
-        raise NonFiniteLoss(f"non-finite loss at epoch {epoch}, step {step}: {shown}; stopping (the last good checkpoint is kept)")
-    return named
+class LossLog:
+    """The loss terms of one epoch (or TAD / CAP pass): summed on the device, read back now and then.
+
+    Reading a value back is a host-device sync, and averaging it over processes an all-reduce,
+    so the step loop never does either: `add` only adds the step's terms to a window on the
+    device. Every `every` steps and at the end of the pass the window is averaged over its steps
+    and the processes, checked (a non-finite mean stops the run, naming the epoch, the step
+    range and the terms), logged to the trackers and shown on the progress bar (main process).
+    Call `add` and `close` on every process, at the same steps.
+    """
+
+    def __init__(self, accelerator: Accelerator, *, epoch: int, steps: int, every: int, prefix: str, desc: str,
+                 global_step: int) -> None:
+        self.accelerator, self.epoch, self.every, self.prefix = accelerator, epoch, every, prefix
+        self.global_step = global_step
+        self.names: list[str] | None = None
+        self.window: torch.Tensor | None = None  # sum of the window's steps, on the device
+        self.window_steps = 0
+        self.steps = 0  # steps of this pass read back so far
+        self.totals: dict[str, float] = {}
+        self.progress = tqdm(total=steps, desc=desc, disable=not accelerator.is_main_process, leave=False)
+
+    def add(self, terms: dict[str, torch.Tensor]) -> None:
+        values = torch.stack([t.detach().float() for t in terms.values()])
+        if self.names is None:
+            self.names = list(terms)
+        elif list(terms) != self.names:
+            raise RuntimeError(f"loss terms changed within a pass: {self.names} -> {list(terms)}")
+        self.window = values if self.window is None else self.window + values
+        self.window_steps += 1
+        self.global_step += 1
+        self.progress.update()
+        if self.window_steps == self.every:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.window_steps == 0:
+            return
+        means = (self.accelerator.reduce(self.window, reduction="mean") / self.window_steps).tolist()
+        named = dict(zip(self.names, means))
+        first, last = self.steps, self.steps + self.window_steps - 1
+        if not all(math.isfinite(v) for v in means):
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in named.items())
+            where = f"step {first}" if first == last else f"steps {first}-{last} (window means)"
+            raise NonFiniteLoss(f"non-finite loss in epoch {self.epoch}, {where}: {shown}; "
+                                "stopping (the last good checkpoint is kept)")
+        for k, v in named.items():
+            self.totals[k] = self.totals.get(k, 0.0) + v * self.window_steps
+        self.steps += self.window_steps
+        self.window, self.window_steps = None, 0
+        self.accelerator.log({f"{self.prefix}/{k}": v for k, v in named.items()}, step=self.global_step)
+        self.progress.set_postfix({k: f"{v:.3f}" for k, v in named.items()})
+
+    def close(self) -> tuple[dict[str, float], int]:
+        """The pass's mean of every term, and the global step after it."""
+        self._flush()
+        self.progress.close()
+        return {k: v / self.steps for k, v in self.totals.items()}, self.global_step
+
+
+def adam(params, lr: float, weight_decay: float) -> torch.optim.Adam:
+    """Adam with coupled (L2) weight decay, as the paper; one fused kernel on a GPU, multi-tensor on CPU."""
+    params = list(params)
+    on_gpu = all(p.is_cuda for p in params)
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=on_gpu or None, foreach=None if on_gpu else True)
 
 
 def share_batchnorm_statistics(model: torch.nn.Module, accelerator: Accelerator) -> None:
@@ -95,6 +153,7 @@ def training_checkpoint(cfg, accelerator: Accelerator, *, model, clothes_classif
         "scheduler": scheduler.state_dict(),
         "rng": rng,  # one entry per process, in rank order
         "epoch": epochs_done,
+        "mixed_precision": accelerator.mixed_precision,  # what --mixed-precision auto resolved to
         "best": best,
         "history": history,
     } | provenance(

@@ -90,7 +90,8 @@ def test_resume_continues_exactly(tiny_run, synthetic_root, tmp_path, monkeypatc
     assert json.loads((tmp_path / "metrics.json").read_text()) == json.loads((tiny_run / "metrics.json").read_text())
 
 
-def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(synthetic_root, tmp_path, monkeypatch):
+@pytest.mark.parametrize(("log_every", "where"), [(1, "step 0:"), (2, r"steps 0-1 \(window means\):")])
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(synthetic_root, tmp_path, monkeypatch, log_every, where):
     real_kl, calls = train_base.softened_kl, []
 
     def kl_turning_nan(*args, **kwargs):
@@ -100,8 +101,9 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(synthetic_root, tm
         return value * float("nan") if len(calls) > TINY_RUN["max_steps_per_epoch"] else value
 
     monkeypatch.setattr(train_base, "softened_kl", kl_turning_nan)
-    with pytest.raises(NonFiniteLoss, match=r"epoch 1, step 0: .*kl=nan"):
-        main(Config(root=synthetic_root, output=tmp_path, **(TINY_RUN | {"eval_every": 10})))
+    # The terms are read back every --log-every steps: the error names the window the NaN fell in.
+    with pytest.raises(NonFiniteLoss, match=rf"epoch 1, {where} .*kl=nan"):
+        main(Config(root=synthetic_root, output=tmp_path, **(TINY_RUN | {"eval_every": 10, "log_every": log_every})))
     last = load_checkpoint(tmp_path / "last.pt")
     assert last["epoch"] == 1
     assert all(torch.isfinite(t).all() for t in last["model"].values() if t.is_floating_point())
