@@ -34,7 +34,7 @@ from rlq.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoi
 from rlq.data import DatasetLayoutError, Evaluation, Sample, load_dataset
 from rlq.diagnostics import dataset_clothes_leakage, diagnostics_text, lq_consistency
 from rlq.evaluation import results_table, run_evaluation, split_features
-from rlq.launch import LaunchError, check_launch, mixed_precision
+from rlq.launch import LaunchError, check_launch, memory_format, mixed_precision
 from rlq.lowquality import SizeBucketError, degraded_features, low_quality_report, lq_sample_sheet
 from rlq.ranking import OTHER_IDENTITY_COLOUR, SAME_IDENTITY_COLOUR, RankingError, rank_folders, ranking_strip
 
@@ -147,7 +147,7 @@ def main(args: Args) -> dict[str, dict]:
     accelerator = Accelerator(mixed_precision=mixed_precision(args.mixed_precision))
     check_launch(accelerator)
     checkpoint = load_checkpoint(args.checkpoint)
-    model = model_from_checkpoint(checkpoint, args.checkpoint).to(accelerator.device, memory_format=torch.channels_last)
+    model = model_from_checkpoint(checkpoint, args.checkpoint).to(accelerator.device, memory_format=memory_format(accelerator.device))
     if args.query_dir is not None or args.gallery_dir is not None:
         rank_query_dir(args, checkpoint, model, accelerator)
         return {}

@@ -32,7 +32,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from rlq.attributes import AttributeFileError, label_training_samples, num_pose_classes
 from rlq.checkpoint import CheckpointError, load_checkpoint, rng_states_of_all_processes, save_atomic
 from rlq.data import DatasetLayoutError, load_dataset, summary_table
-from rlq.launch import LaunchError, check_launch, mixed_precision
+from rlq.launch import LaunchError, check_launch, memory_format, mixed_precision
 from rlq.loaders import AttributedTrainImages, train_loader
 from rlq.losses import (
     abs_cosine_loss,
@@ -56,11 +56,11 @@ from rlq.training import (
     restore,
     resume_path,
     tensorboard_config,
+    train_transform,
     training_checkpoint,
     without_training_state,
     write_json_atomic,
 )
-from rlq.transforms import TrainTransform
 
 Attribute = Literal["gender", "pose"]
 
@@ -134,6 +134,9 @@ class Config:
     """Data-loader worker processes per process."""
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     """Autocast precision of forward passes (losses are computed in float32); auto: bf16 on a GPU that has it, else fp32."""
+    augment_on: Literal["auto", "workers", "device"] = "auto"
+    """Where the training augmentation's crop, flip, normalisation and erasing run: in the loader workers, or batched on
+    the training device (the same draws either way); auto: on the device when it is a GPU."""
     compile: bool = False
     """torch.compile the model (the first steps take longer while it compiles)."""
     log_every: int = 50
@@ -155,7 +158,7 @@ def train_step(cfg, adversarial, batch, model, clothes_classifier, optimizer, cl
     """One training step on one batch; returns the loss terms as device tensors (nothing is read back here)."""
     images, pids, clothes, attributes = batch
     # [B, n, ...] with n = 2 when each image comes with its recoloured copy.
-    images = images.flatten(0, 1).to(accelerator.device, non_blocking=True, memory_format=torch.channels_last)
+    images = images.flatten(0, 1).to(accelerator.device, non_blocking=True, memory_format=memory_format(accelerator.device))
     pids = pids.flatten().to(accelerator.device, non_blocking=True)
     clothes = clothes.flatten().to(accelerator.device, non_blocking=True)
     genders, poses = attributes.flatten(0, 1).to(accelerator.device, non_blocking=True).unbind(1)
@@ -234,7 +237,7 @@ def main(cfg: Config) -> dict:
 
     recolouring, pid2clothes = clothes_classes(dataset, cfg.masks)
     model = new_model(cfg, "rlq", dataset.num_train_pids, accelerator, **arch_kwargs(cfg))
-    model = model.to(accelerator.device, memory_format=torch.channels_last)
+    model = model.to(accelerator.device, memory_format=memory_format(accelerator.device))
     if cfg.compile:
         model.compile()  # in place: state_dict keys and unwrap_model stay those of the plain model
     clothes_classifier = CosineClassifier(model.feature_dim, pid2clothes.shape[1]).to(accelerator.device)
@@ -254,10 +257,11 @@ def main(cfg: Config) -> dict:
     model, clothes_classifier, optimizer, clothes_optimizer = accelerator.prepare(model, clothes_classifier, optimizer, clothes_optimizer)
     pid2clothes = torch.as_tensor(pid2clothes, device=accelerator.device)
 
-    train_set = AttributedTrainImages(train, TrainTransform(cfg.height, cfg.width), cfg.seed, accelerator.process_index, recolouring)
+    transform = train_transform(cfg.augment_on, cfg.height, cfg.width, accelerator.device)
+    train_set = AttributedTrainImages(train, transform, cfg.seed, accelerator.process_index, recolouring)
     sampler = PKSampler([s.pid for s in train], batch_size=cfg.batch_size, num_instances=cfg.num_instances,
                         seed=cfg.seed, rank=accelerator.process_index, world_size=accelerator.num_processes)
-    loader = train_loader(train_set, sampler, cfg.batch_size, cfg.num_workers)
+    loader = train_loader(train_set, sampler, cfg.batch_size, cfg.num_workers, accelerator.device)
     loader_options = dict(height=cfg.height, width=cfg.width, batch_size=cfg.eval_batch_size, num_workers=cfg.num_workers)
 
     cfg.output.mkdir(parents=True, exist_ok=True)

@@ -47,7 +47,7 @@ from rlq.checkpoint import (
     save_atomic,
 )
 from rlq.data import DatasetLayoutError, load_dataset, summary_table
-from rlq.launch import LaunchError, check_launch, mixed_precision
+from rlq.launch import LaunchError, check_launch, memory_format, mixed_precision
 from rlq.loaders import AttributedTrainImages, TADPairs, tad_loader, train_loader
 from rlq.losses import (
     abs_cosine_loss,
@@ -72,11 +72,11 @@ from rlq.training import (
     restore,
     resume_path,
     tensorboard_config,
+    train_transform,
     training_checkpoint,
     without_training_state,
     write_json_atomic,
 )
-from rlq.transforms import TrainTransform
 
 Attribute = Literal["gender", "pose"]
 
@@ -158,6 +158,9 @@ class Config:
     """Data-loader worker processes per process."""
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     """Autocast precision of forward passes, teacher included (losses in float32); auto: bf16 on a GPU that has it, else fp32."""
+    augment_on: Literal["auto", "workers", "device"] = "auto"
+    """Where the training augmentation's crop, flip, normalisation and erasing run: in the loader workers, or batched on
+    the training device (the same draws either way); auto: on the device when it is a GPU."""
     compile: bool = False
     """torch.compile the model (the first steps take longer while it compiles)."""
     log_every: int = 50
@@ -199,7 +202,7 @@ def load_teacher(path: Path, student: BaseModel, device: torch.device) -> BaseMo
     if teacher.feature_dim != student.feature_dim:
         raise CheckpointError(f"teacher '{path}' ({checkpoint['backbone']}) gives {teacher.feature_dim}-d features, "
                               f"the student {student.feature_dim}-d: use a teacher with the student's --backbone")
-    return teacher.to(device, memory_format=torch.channels_last).eval().requires_grad_(False)
+    return teacher.to(device, memory_format=memory_format(device)).eval().requires_grad_(False)
 
 
 def branch_outputs(model, x: torch.Tensor, accelerator: Accelerator):
@@ -230,7 +233,7 @@ def tad_terms(model, teacher, x_hq: torch.Tensor, x_lq: torch.Tensor, accelerato
 
 def tad_step(batch, model, teacher, optimizer, accelerator):
     """One TAD step on one batch of external images; returns the loss terms as device tensors."""
-    x_hq, x_lq = (x.to(accelerator.device, non_blocking=True, memory_format=torch.channels_last) for x in batch)
+    x_hq, x_lq = (x.to(accelerator.device, non_blocking=True, memory_format=memory_format(accelerator.device)) for x in batch)
     terms = tad_terms(model, teacher, x_hq, x_lq, accelerator)
     optimizer.zero_grad(set_to_none=True)
     accelerator.backward(terms["total"])
@@ -255,7 +258,7 @@ def cap_step(cfg, adversarial, batch, model, clothes_classifier, optimizer, clot
     """One CAP step on one batch of target images; returns the loss terms as device tensors (nothing is read back here)."""
     images, pids, clothes, labels = batch
     # [B, n, ...] with n = 2 when each image comes with its recoloured copy.
-    images = images.flatten(0, 1).to(accelerator.device, non_blocking=True, memory_format=torch.channels_last)
+    images = images.flatten(0, 1).to(accelerator.device, non_blocking=True, memory_format=memory_format(accelerator.device))
     pids = pids.flatten().to(accelerator.device, non_blocking=True)
     clothes = clothes.flatten().to(accelerator.device, non_blocking=True)
     genders, poses = labels.flatten(0, 1).to(accelerator.device, non_blocking=True).unbind(1)
@@ -336,7 +339,7 @@ def main(cfg: Config) -> dict:
 
     recolouring, pid2clothes = clothes_classes(dataset, cfg.masks)
     model = new_model(cfg, cfg.tad_model, dataset.num_train_pids, accelerator, **arch_kwargs(cfg))
-    model = model.to(accelerator.device, memory_format=torch.channels_last)
+    model = model.to(accelerator.device, memory_format=memory_format(accelerator.device))
     if cfg.compile:
         model.compile()  # in place: state_dict keys and unwrap_model stay those of the plain model
     teacher = None if cfg.teacher == "none" else load_teacher(cfg.teacher, model, accelerator.device)
@@ -359,14 +362,14 @@ def main(cfg: Config) -> dict:
     model, clothes_classifier, optimizer, clothes_optimizer = accelerator.prepare(model, clothes_classifier, optimizer, clothes_optimizer)
     pid2clothes = torch.as_tensor(pid2clothes, device=accelerator.device)
 
-    transform = TrainTransform(cfg.height, cfg.width)
+    transform = train_transform(cfg.augment_on, cfg.height, cfg.width, accelerator.device)
     train_set = AttributedTrainImages(train, transform, cfg.seed, accelerator.process_index, recolouring)
     sampler = PKSampler([s.pid for s in train], batch_size=cfg.batch_size, num_instances=cfg.num_instances,
                         seed=cfg.seed, rank=accelerator.process_index, world_size=accelerator.num_processes)
-    loader = train_loader(train_set, sampler, cfg.batch_size, cfg.num_workers)
+    loader = train_loader(train_set, sampler, cfg.batch_size, cfg.num_workers, accelerator.device)
     tad_set = TADPairs(external.train, transform, dataset.name, cfg.seed, accelerator.process_index)
     tad_batches, tad_sampler = tad_loader(tad_set, cfg.batch_size, cfg.num_workers, cfg.seed,
-                                          accelerator.process_index, accelerator.num_processes)
+                                          accelerator.process_index, accelerator.num_processes, accelerator.device)
     loader_options = dict(height=cfg.height, width=cfg.width, batch_size=cfg.eval_batch_size, num_workers=cfg.num_workers)
 
     def save_last(epochs_done: int, phase: str, improved: bool = False) -> None:

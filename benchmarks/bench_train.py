@@ -3,7 +3,7 @@
 "ours" calls the step functions of the training scripts (train_base.train_step for CAL and
 the base model, train_cgal.train_step, train_rlq.tad_step and train_rlq.cap_step) with the
 scripts' defaults: --mixed-precision auto (bf16 on a GPU that has it, fp32 on CPU),
-channels_last, fused (GPU) or multi-tensor (CPU) Adam, loss terms kept on the device and read
+channels_last on a GPU, fused (GPU) or multi-tensor (CPU) Adam, loss terms kept on the device and read
 back once per --log-every window (rlq.training.LossLog). The reference, written here, runs
 the same network and the same rlq.losses in fp32, NCHW, with torch's default Adam, and
 reads every loss term back after every step, as a plain PyTorch loop does. Both start from
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
 import time
@@ -31,7 +30,6 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars from the scripts' loss logs
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the training scripts live at the repository root
 
@@ -40,7 +38,7 @@ import train_cgal  # noqa: E402
 import train_rlq  # noqa: E402
 from bench_eval import machine_description  # noqa: E402
 
-from rlq.launch import mixed_precision  # noqa: E402
+from rlq.launch import memory_format, mixed_precision  # noqa: E402
 from rlq.losses import (  # noqa: E402
     abs_cosine_loss,
     clothes_adversarial_loss,
@@ -51,7 +49,12 @@ from rlq.losses import (  # noqa: E402
     triplet_loss,
 )
 from rlq.model import CosineClassifier, build_model  # noqa: E402
+from rlq import training  # noqa: E402
 from rlq.training import LossLog, adam  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+# No progress bars from the loss logs of the timed steps.
+training.tqdm = lambda *args, **kwargs: tqdm(*args, **(kwargs | {"disable": True}))
 
 STAGES = ("cal", "base", "cgal", "tad", "cap")
 ARCH = {"cal": "cal", "base": "base", "cgal": "rlq", "tad": "rlq", "cap": "rlq"}
@@ -118,17 +121,16 @@ def pid2clothes_matrix(args: argparse.Namespace, device: torch.device) -> torch.
     return (owner[None, :] == torch.arange(args.num_pids)[:, None]).float().to(device)
 
 
-def make_models(args: argparse.Namespace, stage: str, device: torch.device, channels_last: bool):
+def make_models(args: argparse.Namespace, stage: str, device: torch.device, layout: torch.memory_format):
     """(model, clothes classifier, TAD teacher or None), the same weights on every call."""
     torch.manual_seed(0)
     kwargs = {"cal": {}, "base": {"split_after": "layer2"}}.get(ARCH[stage], RLQ_KWARGS)
     model = build_model(ARCH[stage], args.num_pids, args.backbone, pretrained=False, **kwargs)
     classifier = CosineClassifier(model.feature_dim, args.num_pids * args.clothes_per_pid)
     teacher = build_model("base", 632, args.backbone, pretrained=False, split_after="layer2") if stage == "tad" else None
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model, classifier = model.to(device, memory_format=memory_format), classifier.to(device)
+    model, classifier = model.to(device, memory_format=layout), classifier.to(device)
     if teacher is not None:
-        teacher = teacher.to(device, memory_format=memory_format).eval().requires_grad_(False)
+        teacher = teacher.to(device, memory_format=layout).eval().requires_grad_(False)
     return model, classifier, teacher
 
 
@@ -206,7 +208,7 @@ def measure(args: argparse.Namespace, stage: str, path: str, device: torch.devic
     ours = path == "ours"
     batches = make_batches(args, stage, device)
     pid2clothes = pid2clothes_matrix(args, device)
-    model, classifier, teacher = make_models(args, stage, device, channels_last=ours)
+    model, classifier, teacher = make_models(args, stage, device, memory_format(device) if ours else torch.contiguous_format)
     model.train()
     classifier.train()
     if ours:
@@ -264,7 +266,8 @@ def main(argv: list[str] | None = None) -> dict:
     print("command:", shlex.join([sys.executable, *sys.argv]))
     print("machine:", machine_description(device))
     print(f"sizes: {args.backbone}, {args.height}x{args.width}, batch {args.batch_size}, {args.num_pids} ids; "
-          f"ours: {precision} autocast, channels_last, {'fused' if device.type == 'cuda' else 'foreach'} Adam"
+          f"ours: {precision} autocast, {'channels_last' if device.type == 'cuda' else 'NCHW'}, "
+          f"{'fused' if device.type == 'cuda' else 'foreach'} Adam"
           f"{', torch.compile' if args.compile else ''}; {args.warmup} warm-up + {args.steps} timed steps\n")
 
     results = {}

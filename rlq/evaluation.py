@@ -16,6 +16,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from rlq.data import Evaluation, Sample, format_table
+from rlq.launch import memory_format
 from rlq.loaders import eval_loader
 from rlq.metrics import evaluate
 
@@ -46,7 +47,7 @@ def extract_features(
     model.eval()
     features, indices = [], []
     for images, index in tqdm(loader, desc="features", unit="batch", disable=not accelerator.is_main_process, leave=False):
-        images = images.to(accelerator.device, memory_format=torch.channels_last)
+        images = images.to(accelerator.device, memory_format=memory_format(accelerator.device))
         with accelerator.autocast():
             batch_features = model.retrieval_features(images)
         batch_features, index = accelerator.gather_for_metrics((batch_features, index.to(accelerator.device)))

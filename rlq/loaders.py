@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from rlq.data import Sample
 from rlq.recolour import Recolouring
 from rlq.sampler import PKSampler
-from rlq.transforms import EvalTransform, TrainTransform, load_image, tad_pair, worker_rng
+from rlq.transforms import DeferredTrainTransform, EvalTransform, TrainTransform, finish_batch, load_image, tad_pair, worker_rng
 
 
 class EpochSeededImages(Dataset):
@@ -59,7 +59,9 @@ class TrainImages(EpochSeededImages):
     """Training images: item i -> (images [n, 3, H, W], pids [n], clothes [n]).
 
     n = 1 (the augmented original), or 2 with recolouring (original, then its
-    recoloured copy with its colour clothes label).
+    recoloured copy with its colour clothes label). With a `DeferredTrainTransform`
+    the images are uint8 and the item ends with their augmentation draws [n, NUM_DRAWS]
+    (`DeviceAugmented` finishes them).
     """
 
     def __init__(
@@ -73,30 +75,65 @@ class TrainImages(EpochSeededImages):
         super().__init__(samples, transform, seed, rank)
         self.recolouring = recolouring
 
-    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, ...]:
         sample, rng = self.sample_and_rng(item)
         img = load_image(sample.path)
-        images, clothes = [self.transform(img, rng)], [sample.clothes_id]
+        views, clothes = [self.transform(img, rng)], [sample.clothes_id]
         if self.recolouring is not None:
             recoloured, label = self.recolouring(img, sample, rng)
-            images.append(self.transform(recoloured, rng))
+            views.append(self.transform(recoloured, rng))
             clothes.append(label)
-        pids = torch.full((len(images),), sample.pid, dtype=torch.long)
-        return torch.stack(images), pids, torch.tensor(clothes, dtype=torch.long)
+        pids = torch.full((len(views),), sample.pid, dtype=torch.long)
+        clothes = torch.tensor(clothes, dtype=torch.long)
+        if isinstance(self.transform, DeferredTrainTransform):  # uint8 images, their draws last
+            return torch.stack([v[0] for v in views]), pids, clothes, torch.stack([v[1] for v in views])
+        return torch.stack(views), pids, clothes
 
 
-def train_loader(dataset: TrainImages, sampler: PKSampler, batch_size: int, num_workers: int) -> DataLoader:
-    """P x K batches of this process's shard (the sampler shards by rank itself: do not `accelerator.prepare` this)."""
-    return _epoch_loader(dataset, sampler, batch_size, num_workers)
+def train_loader(dataset: TrainImages, sampler: PKSampler, batch_size: int, num_workers: int,
+                 device: torch.device | None = None) -> DataLoader | DeviceAugmented:
+    """P x K batches of this process's shard (the sampler shards by rank itself: do not `accelerator.prepare` this).
+
+    With a `DeferredTrainTransform` the batches come on `device`, augmented there (`DeviceAugmented`).
+    """
+    return _epoch_loader(dataset, sampler, batch_size, num_workers, device)
 
 
-def _epoch_loader(dataset: Dataset, sampler: PKSampler | DistributedSampler, batch_size: int, num_workers: int) -> DataLoader:
+class DeviceAugmented:
+    """Batches of a loader whose items end with augmentation draws: moved to `device`, augmentation finished there.
+
+    Every uint8 element of a batch is a set of images ([B, 3, H, W] or [B, n, 3, H, W]); they take
+    the draws [B, m, NUM_DRAWS] in order, one row per image of an item. The draws are dropped.
+    """
+
+    def __init__(self, loader: DataLoader, device: torch.device) -> None:
+        self.loader, self.device = loader, device
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for *batch, draws in self.loader:
+            draws = draws.to(self.device, non_blocking=True)
+            finished, used = [], 0
+            for tensor in batch:
+                tensor = tensor.to(self.device, non_blocking=True)
+                if tensor.dtype == torch.uint8:
+                    per_item = tensor[0].numel() // tensor.shape[-3:].numel()
+                    images = finish_batch(tensor.reshape(-1, *tensor.shape[-3:]), draws[:, used : used + per_item].flatten(0, 1))
+                    tensor, used = images.reshape(tensor.shape), used + per_item
+                finished.append(tensor)
+            yield tuple(finished)
+
+
+def _epoch_loader(dataset: EpochSeededImages, sampler: PKSampler | DistributedSampler, batch_size: int, num_workers: int,
+                  device: torch.device | None) -> DataLoader | DeviceAugmented:
     """Full batches in the order of a rank-aware sampler; call `sampler.set_epoch` before every epoch.
 
     The workers live for the whole run (no start-up cost per epoch): they learn the epoch
     from the (epoch, index) items of `EpochTagged`.
     """
-    return DataLoader(
+    loader = DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=EpochTagged(sampler),
@@ -105,6 +142,11 @@ def _epoch_loader(dataset: Dataset, sampler: PKSampler | DistributedSampler, bat
         pin_memory=torch.cuda.is_available(),
         persistent_workers=num_workers > 0,
     )
+    if isinstance(dataset.transform, DeferredTrainTransform):
+        if device is None:
+            raise ValueError("a DeferredTrainTransform needs the device that finishes the augmentation")
+        return DeviceAugmented(loader, device)
+    return loader
 
 
 class EvalImages(Dataset):
@@ -147,10 +189,10 @@ class AttributedTrainImages(TrainImages):
     Fill the samples with `rlq.attributes.attach_attributes` first.
     """
 
-    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        images, pids, clothes = super().__getitem__(item)
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, ...]:
+        images, pids, clothes, *draws = super().__getitem__(item)
         sample = self.samples[item[1] if isinstance(item, tuple) else item]
-        return images, pids, clothes, torch.tensor([[sample.gender, sample.pose]]).expand(len(images), 2)
+        return images, pids, clothes, torch.tensor([[sample.gender, sample.pose]]).expand(len(images), 2), *draws
 
 
 class TADPairs(EpochSeededImages):
@@ -165,17 +207,20 @@ class TADPairs(EpochSeededImages):
         super().__init__(samples, transform, seed, rank)
         self.mix = mix
 
-    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, ...]:
         sample, rng = self.sample_and_rng(item)
-        return tad_pair(load_image(sample.path), self.mix, self.transform, rng)
+        hq, lq = tad_pair(load_image(sample.path), self.mix, self.transform, rng)
+        if isinstance(self.transform, DeferredTrainTransform):  # uint8 views, their draws last
+            return hq[0], lq[0], torch.stack([hq[1], lq[1]])
+        return hq, lq
 
 
-def tad_loader(dataset: TADPairs, batch_size: int, num_workers: int, seed: int, rank: int,
-               world_size: int) -> tuple[DataLoader, DistributedSampler]:
+def tad_loader(dataset: TADPairs, batch_size: int, num_workers: int, seed: int, rank: int, world_size: int,
+               device: torch.device | None = None) -> tuple[DataLoader | DeviceAugmented, DistributedSampler]:
     """Shuffled batches of this process's shard of the external set; call `sampler.set_epoch` every epoch.
 
     The shuffle depends on (seed, epoch) only, so every rank sees a disjoint shard (do not
     `accelerator.prepare` this loader).
     """
     sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True)
-    return _epoch_loader(dataset, sampler, batch_size, num_workers), sampler
+    return _epoch_loader(dataset, sampler, batch_size, num_workers, device), sampler

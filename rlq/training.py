@@ -23,6 +23,7 @@ from rlq.evaluation import evaluate_model, headline_key, results_table
 from rlq.files import write_text_atomic
 from rlq.model import build_model
 from rlq.recolour import Recolouring, num_colours, widen_pid2clothes
+from rlq.transforms import DeferredTrainTransform, TrainTransform
 
 # Checkpoint entries needed only to continue training (best.pt leaves them out).
 TRAINING_STATE = ("optimizer", "clothes_optimizer", "scheduler", "scaler", "rng", "history", "phase")
@@ -107,6 +108,13 @@ class LossLog:
         self._flush()
         self.progress.close()
         return {k: v / self.steps for k, v in self.totals.items()}, self.global_step
+
+
+def train_transform(augment_on: str, height: int, width: int, device: torch.device) -> TrainTransform:
+    """--augment-on: the training augmentation finished in the loader workers, or batched on the training device
+    (auto: on the device when it is a GPU, which takes most per-image work off the workers)."""
+    on_device = augment_on == "device" or (augment_on == "auto" and device.type == "cuda")
+    return (DeferredTrainTransform if on_device else TrainTransform)(height, width)
 
 
 def adam(params, lr: float, weight_decay: float) -> torch.optim.Adam:

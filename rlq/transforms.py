@@ -74,22 +74,28 @@ def to_normalised_tensor(img: Image.Image) -> torch.Tensor:
     return TF.normalize(TF.to_tensor(img), IMAGENET_MEAN, IMAGENET_STD)
 
 
-def random_upscale_crop(img: Image.Image, rng: np.random.Generator) -> Image.Image:
-    """With p 0.5, upscale by 1.125 (bilinear) and crop a random window of the original size."""
+UPSCALE = 1.125  # the random crop's window moves over the image upscaled by this factor
+
+
+def draw_crop(height: int, width: int, rng: np.random.Generator) -> tuple[int, int] | None:
+    """With p 0.5, the (left, top) of a height x width window in the image upscaled by 1.125; else None."""
     if rng.random() >= 0.5:
-        return img
+        return None
+    left = int(rng.integers(0, round(width * UPSCALE) - width + 1))
+    top = int(rng.integers(0, round(height * UPSCALE) - height + 1))
+    return left, top
+
+
+def upscale_crop(img: Image.Image, left: int, top: int) -> Image.Image:
+    """Upscale by 1.125 (bilinear) and cut the window of the original size at (left, top)."""
     width, height = img.size
-    big = img.resize((round(width * 1.125), round(height * 1.125)), Image.Resampling.BILINEAR)
-    left = int(rng.integers(0, big.width - width + 1))
-    top = int(rng.integers(0, big.height - height + 1))
+    big = img.resize((round(width * UPSCALE), round(height * UPSCALE)), Image.Resampling.BILINEAR)
     return big.crop((left, top, left + width, top + height))
 
 
-def random_hflip(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+def draw_flip(rng: np.random.Generator) -> bool:
     """Mirror left-right with p 0.5."""
-    if rng.random() >= 0.5:
-        return img
-    return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return bool(rng.random() < 0.5)
 
 
 def draw_erase_box(
@@ -114,9 +120,8 @@ def draw_erase_box(
     return None
 
 
-def random_erase(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-    """Random erasing on a normalised [3, H, W] tensor; returns a new tensor."""
-    box = draw_erase_box(x.shape[1], x.shape[2], rng)
+def erase(x: torch.Tensor, box: tuple[int, int, int, int] | None) -> torch.Tensor:
+    """Random erasing on a normalised [3, H, W] tensor: the box holds the fill constants; returns a new tensor."""
     if box is None:
         return x
     top, left, box_h, box_w = box
@@ -125,22 +130,86 @@ def random_erase(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     return x
 
 
+# One training augmentation's draws as a row of ints, so that a batch of them collates into a tensor:
+# crop?, crop left, crop top, flip?, erase?, erase top, erase left, erase height, erase width.
+NUM_DRAWS = 9
+
+
 @dataclass(frozen=True)
 class TrainTransform:
     """Training augmentation: ``transform(pil_image, rng) -> FloatTensor [3, H, W]``.
 
     Resize (bilinear) -> p 0.5 upscale-and-crop -> p 0.5 flip -> tensor ->
     ImageNet normalise -> p 0.5 random erasing.
+
+    The random draws come first (`draw`) and do not depend on the image, so the same draws
+    can be finished here, on the CPU (`finish`), or later on the GPU for a whole batch
+    (`finish_batch`, with `DeferredTrainTransform`).
     """
 
     height: int = 384
     width: int = 192
 
+    def draw(self, rng: np.random.Generator) -> np.ndarray:
+        crop = draw_crop(self.height, self.width, rng)
+        flip = draw_flip(rng)
+        box = draw_erase_box(self.height, self.width, rng)
+        return np.array([crop is not None, *(crop or (0, 0)), flip, box is not None, *(box or (0, 0, 0, 0))], dtype=np.int64)
+
+    def resize(self, img: Image.Image) -> Image.Image:
+        return img.resize((self.width, self.height), Image.Resampling.BILINEAR)
+
+    def finish(self, img: Image.Image, draws: np.ndarray) -> torch.Tensor:
+        """The augmentation of a resized image with the given draws, on the CPU."""
+        if draws[0]:
+            img = upscale_crop(img, int(draws[1]), int(draws[2]))
+        if draws[3]:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return erase(to_normalised_tensor(img), tuple(int(v) for v in draws[5:]) if draws[4] else None)
+
     def __call__(self, img: Image.Image, rng: np.random.Generator) -> torch.Tensor:
-        img = img.resize((self.width, self.height), Image.Resampling.BILINEAR)
-        img = random_upscale_crop(img, rng)
-        img = random_hflip(img, rng)
-        return random_erase(to_normalised_tensor(img), rng)
+        return self.finish(self.resize(img), self.draw(rng))
+
+
+@dataclass(frozen=True)
+class DeferredTrainTransform(TrainTransform):
+    """`TrainTransform` that stops after the resize: ``(uint8 [3, H, W], draws [NUM_DRAWS])``.
+
+    The rest (crop, flip, normalisation, erasing) runs batched on the GPU (`finish_batch`), with
+    the draws the CPU path would have used, so loader workers only decode and resize.
+    """
+
+    def __call__(self, img: Image.Image, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        pixels = torch.from_numpy(np.array(self.resize(img), dtype=np.uint8)).permute(2, 0, 1)
+        return pixels, torch.from_numpy(self.draw(rng))
+
+
+def finish_batch(images: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
+    """`TrainTransform.finish` for a batch, on the batch's device: uint8 [N, 3, H, W] + draws [N, NUM_DRAWS] -> float.
+
+    No host-device sync: every image takes every path and `torch.where` keeps the drawn one.
+    The upscale is rounded to whole pixel values as PIL's is; PIL's fixed-point arithmetic can
+    still differ by a pixel level here and there.
+    """
+    n, _, height, width = images.shape
+    device = images.device
+    x = images.float()
+    big = F.interpolate(x, size=(round(height * UPSCALE), round(width * UPSCALE)), mode="bilinear", align_corners=False)
+    big = big.round().clamp(0, 255)
+    rows = draws[:, 2, None] + torch.arange(height, device=device)  # [N, H]
+    cols = draws[:, 1, None] + torch.arange(width, device=device)  # [N, W]
+    batch, channel = torch.arange(n, device=device), torch.arange(3, device=device)
+    cropped = big[batch[:, None, None, None], channel[None, :, None, None], rows[:, None, :, None], cols[:, None, None, :]]
+    x = torch.where(draws[:, 0, None, None, None].bool(), cropped, x)
+    x = torch.where(draws[:, 3, None, None, None].bool(), x.flip(-1), x)
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    x = (x / 255 - mean) / std
+    top, left, box_h, box_w = (draws[:, i, None, None] for i in range(5, 9))
+    r = torch.arange(height, device=device)[None, :, None]
+    c = torch.arange(width, device=device)[None, None, :]
+    inside = draws[:, 4, None, None].bool() & (r >= top) & (r < top + box_h) & (c >= left) & (c < left + box_w)
+    return torch.where(inside[:, None], torch.tensor(ERASE_FILL, device=device).view(1, 3, 1, 1), x)
 
 
 @dataclass(frozen=True)

@@ -51,3 +51,33 @@ def test_tad_pairs_follow_the_epoch_too(synthetic_root):
     fresh, fresh_sampler = loader()
     for a, b in zip(again, _epoch_batches(fresh, fresh_sampler, 2), strict=True):
         assert torch.equal(a, b)
+
+
+def test_augmenting_on_the_device_gives_the_workers_batches(synthetic_root):
+    """--augment-on device: the same batches (labels exact, pixels within one level of the 1.125x upscale)."""
+    from rlq.loaders import DeviceAugmented
+    from rlq.transforms import IMAGENET_STD, DeferredTrainTransform
+
+    dataset = load_dataset("synthetic", synthetic_root)
+    train, external = dataset.train[:64], load_dataset("synthetic-external", synthetic_root).train[:32]
+    level = 1 / 255 / min(IMAGENET_STD)
+    for transform_class in (TrainTransform, DeferredTrainTransform):
+        sampler = PKSampler([s.pid for s in train], batch_size=8, num_instances=4, seed=1)
+        loader = train_loader(TrainImages(train, transform_class(64, 32), seed=1, rank=0), sampler, 8, 2, torch.device("cpu"))
+        pairs, tad_sampler = tad_loader(TADPairs(external, transform_class(64, 32), "ltcc", 1, 0), 8, 0, 1, 0, 1, torch.device("cpu"))
+        sampler.set_epoch(2)
+        tad_sampler.set_epoch(2)
+        batches = [list(loader), list(pairs)]
+        if transform_class is TrainTransform:
+            expected = batches
+            continue
+        assert isinstance(loader, DeviceAugmented) and isinstance(pairs, DeviceAugmented)
+        for got_batches, want_batches in zip(batches, expected):
+            for got, want in zip(got_batches, want_batches, strict=True):
+                assert len(got) == len(want)
+                for g, w in zip(got, want):
+                    assert g.shape == w.shape and g.dtype == w.dtype
+                    if g.is_floating_point():
+                        torch.testing.assert_close(g, w, atol=1.01 * level, rtol=0)
+                    else:
+                        assert torch.equal(g, w)

@@ -1,0 +1,59 @@
+"""benchmarks/bench_train.py: its reference is the same network and losses as the scripts' steps, and the fast
+path (bf16 autocast, channels_last, multi-tensor Adam, losses read back per window) changes the losses only
+within bf16 rounding. Run once in CI on CPU at tiny sizes; nothing here is timed."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from accelerate.state import AcceleratorState
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import bench_train  # noqa: E402
+
+TINY = ["--device", "cpu", "--backbone", "resnet18", "--height", "64", "--width", "32", "--batch-size", "8",
+        "--steps", "1", "--warmup", "1"]
+OPTIMISED = {"total", "clothes_discriminator", "id_f1", "id_f2", "kl", "triplet", "cal", "pose", "gender", "disentangle_f2",
+             "mse_f1_hq", "mse_f1_lq", "mse_f2_hq", "mse_f2_lq", "kl_o1", "kl_o2"}
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """The benchmark's Accelerator picks its own precision: start and leave Accelerate's process-wide state clean."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def _first_steps(tmp_path, precision: str) -> dict:
+    out = tmp_path / f"{precision}.json"
+    results = bench_train.main([*TINY, "--mixed-precision", precision, "--json", str(out)])
+    assert out.is_file()
+    return results
+
+
+def test_fp32_fast_path_gives_the_reference_losses(tmp_path, fresh_accelerate_state):
+    results = _first_steps(tmp_path, "no")
+    assert set(results) == {*bench_train.STAGES, "rlq epoch"}
+    for stage in bench_train.STAGES:
+        reference, ours = results[stage]["reference"]["first_step"], results[stage]["ours"]["first_step"]
+        assert OPTIMISED & set(ours) == set(reference), stage  # the same terms, nothing left out
+        for name, value in reference.items():
+            assert ours[name] == pytest.approx(value, rel=1e-4, abs=1e-6), (stage, name)
+        assert results[stage]["ours"]["images_per_s"] > 0 and results[stage]["ratio"] > 0
+    epoch = results["rlq epoch"]
+    expected = {path: 631 * results["tad"][path]["seconds_per_step"] + 299 * results["cap"][path]["seconds_per_step"]
+                for path in ("reference", "ours")}
+    assert epoch["ratio"] == pytest.approx(expected["reference"] / expected["ours"])
+
+
+def test_bf16_fast_path_matches_fp32_within_bf16_tolerance(tmp_path, fresh_accelerate_state):
+    results = _first_steps(tmp_path, "bf16")
+    for stage in bench_train.STAGES:
+        reference, ours = results[stage]["reference"]["first_step"], results[stage]["ours"]["first_step"]
+        for name, value in reference.items():
+            # bf16 keeps 8 bits of mantissa: about 0.4% per rounding, a few percent through a network.
+            assert ours[name] == pytest.approx(value, rel=0.05, abs=0.02), (stage, name)
