@@ -46,6 +46,7 @@ def test_checkpoint_tells_how_it_was_made(tiny_run):
         assert checkpoint["classes"] == {"num_pids": 30, "num_clothes": 93, "num_original_clothes": 93}
         assert checkpoint["version"]["rlq"] == rlq.__version__
         assert checkpoint["input_size"] == [64, 32]
+        assert checkpoint["config"]["mixed_precision"] == "auto" and checkpoint["mixed_precision"] == "no"  # auto on CPU: fp32
     assert last["epoch"] == 2 and "optimizer" in last and "rng" in last
     assert "optimizer" not in best  # best.pt is for evaluation: no training state
 
@@ -124,3 +125,15 @@ def test_two_process_training_matches_its_checkpoint(synthetic_root, tmp_path):
     results = evaluate.main(evaluate.Args(checkpoint=tmp_path / "best.pt", root=synthetic_root, num_workers=0))
     for name, metrics in last["best"]["results"].items():
         assert metrics == pytest.approx(results[name], abs=1e-6), name
+
+
+def test_compiled_training_writes_a_plain_checkpoint(synthetic_root, tmp_path):
+    """--compile compiles in place: the same state_dict keys, an ordinary best.pt, the same first losses."""
+    options = TINY_RUN | {"epochs": 1, "max_steps_per_epoch": 2, "cal_start_epoch": 0, "log_every": 1}
+    main(Config(root=synthetic_root, output=tmp_path / "plain", **options))
+    main(Config(root=synthetic_root, output=tmp_path / "compiled", compile=True, **options))
+    plain, compiled = (load_checkpoint(tmp_path / name / "last.pt") for name in ("plain", "compiled"))
+    assert list(compiled["model"]) == list(plain["model"])
+    for key, value in plain["history"]["train"][0].items():
+        assert compiled["history"]["train"][0][key] == pytest.approx(value, rel=1e-3, abs=1e-5), key
+    assert evaluate.main(evaluate.Args(checkpoint=tmp_path / "compiled" / "best.pt", root=synthetic_root, num_workers=0))["cc"]
