@@ -1,6 +1,9 @@
-"""benchmarks/bench_train.py: its reference is the same network and losses as the scripts' steps, and the fast
-path (bf16 autocast, channels_last, multi-tensor Adam, losses read back per window) changes the losses only
-within bf16 rounding. Run once in CI on CPU at tiny sizes; nothing here is timed."""
+"""The benchmarks, run once on CPU at tiny sizes (nothing here is timed).
+
+bench_train.py: its reference is the same network and losses as the scripts' steps, and our path (bf16
+autocast, multi-tensor Adam, losses read back per window) changes the losses only within bf16 rounding.
+bench_data.py: the worker arithmetic. bench_extract.py: our extraction gives a plain forward's features.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from accelerate.state import AcceleratorState
 
 from conftest import REPO
 
-sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(REPO / "benchmarks"))  # the benchmarks import each other as scripts do
 import bench_train  # noqa: E402
 
 TINY = ["--device", "cpu", "--backbone", "resnet18", "--height", "64", "--width", "32", "--batch-size", "8",
@@ -57,3 +60,27 @@ def test_bf16_fast_path_matches_fp32_within_bf16_tolerance(tmp_path, fresh_accel
         for name, value in reference.items():
             # bf16 keeps 8 bits of mantissa: about 0.4% per rounding, a few percent through a network.
             assert ours[name] == pytest.approx(value, rel=0.05, abs=0.02), (stage, name)
+
+
+def test_bench_data_counts_the_workers_each_pipeline_needs(tmp_path):
+    import bench_data
+
+    report = bench_data.main(["--images", "48", "--batches", "2", "--workers", "1", "--batch-size", "8",
+                              "--height", "64", "--width", "32", "--folder", str(tmp_path)])
+    assert set(report) == {f"{p} ({a})" for p in ("base", "cap", "tad") for a in ("workers", "device")} | {"eval (workers)"}
+    for name, row in report.items():
+        assert row["items_per_s"][1] > 0 and row["per_worker"] == row["items_per_s"][1]
+        if name.startswith("eval"):
+            assert row["need"] is None and row["workers"] is None
+        else:  # the anchor's 1,600 images/s, in the pipeline's items
+            assert row["need"] == pytest.approx(1600 / {"base": 1, "cap": 2, "tad": 3}[name.split()[0]])
+            assert row["workers"] == -(-row["need"] // row["per_worker"])
+
+
+def test_bench_extract_features_match_a_plain_fp32_forward(fresh_accelerate_state):
+    import bench_extract
+
+    result = bench_extract.main(["--images", "16", "--crops", "16", "--workers", "0", "--batch-size", "8",
+                                 "--reference-batch-size", "4", "--repeats", "1"])
+    assert result["min_cosine"] > 0.9999  # fp32 on CPU: the same features, batched differently
+    assert result["ours"] > 0 and result["end_to_end"] > 0
