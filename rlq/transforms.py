@@ -256,36 +256,44 @@ def draw_motion(rng: np.random.Generator) -> dict[str, int]:
 
 
 def motion_kernel(kernel_size: int, angle: float) -> torch.Tensor:
-    """[k, k] kernel: a 1-pixel-wide line through the centre, normalised to sum 1.
+    """[k, k] motion-blur kernel built as the authors build it (method.md section 5), normalised to sum 1.
 
-    ``angle`` is in degrees, counter-clockwise from the +x axis as seen on screen
-    (rows grow downwards): 0 is horizontal, 90 vertical, 45 runs bottom-left to
-    top-right. One pixel per step along the dominant axis, so the line is exactly
-    ``k`` pixels long. For even ``k`` the centre falls between pixels; the line
-    goes through pixel (k // 2, k // 2), which `motion_blur` aligns with the output.
+    A horizontal line of k ones in row (k - 1) // 2 of a k x k zero matrix, rotated by ``angle``
+    degrees about the point ((k - 1) / 2, (k - 1) / 2) as OpenCV's ``warpAffine`` with
+    ``getRotationMatrix2D(centre, angle, 1)`` does: each output element samples the line at the
+    inversely rotated position, bilinearly, with zeros outside the matrix. Positive angles turn
+    counter-clockwise as seen on screen (rows grow downwards). For even k the line sits half a
+    pixel above the centre, and so off the filter anchor (k // 2, k // 2), as in their code.
+    (OpenCV rounds sample positions to 1/32 of a pixel; we sample exactly.)
     """
+    k, centre = kernel_size, (kernel_size - 1) / 2
+    line = np.zeros((k, k))
+    line[(k - 1) // 2, :] = 1.0
     theta = math.radians(angle)
-    # Rounded because cos(90 deg) is 6e-17, not 0, which would tip even-k lines off centre.
-    dx, dy = round(math.cos(theta), 12), round(-math.sin(theta), 12)
-    centre = (kernel_size - 1) / 2
-    steps = np.arange(kernel_size)
-    if abs(dx) >= abs(dy):  # mostly horizontal: one pixel per column
-        cols = steps
-        rows = np.floor(centre + (steps - centre) * dy / dx + 0.5).astype(int)
-    else:  # mostly vertical: one pixel per row
-        rows = steps
-        cols = np.floor(centre + (steps - centre) * dx / dy + 0.5).astype(int)
-    kernel = torch.zeros(kernel_size, kernel_size)
-    kernel[torch.from_numpy(rows), torch.from_numpy(cols)] = 1.0 / kernel_size
-    return kernel
+    cos, sin = math.cos(theta), math.sin(theta)
+    rows, cols = np.mgrid[0:k, 0:k].astype(np.float64)
+    # Inverse rotation of every output position: where in the line matrix it samples from.
+    x = cos * (cols - centre) - sin * (rows - centre) + centre
+    y = sin * (cols - centre) + cos * (rows - centre) + centre
+    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
+    fx, fy = x - x0, y - y0
+
+    def at(r: np.ndarray, c: np.ndarray) -> np.ndarray:
+        inside = (r >= 0) & (r < k) & (c >= 0) & (c < k)
+        return np.where(inside, line[r.clip(0, k - 1), c.clip(0, k - 1)], 0.0)
+
+    kernel = ((1 - fx) * (1 - fy) * at(y0, x0) + fx * (1 - fy) * at(y0, x0 + 1)
+              + (1 - fx) * fy * at(y0 + 1, x0) + fx * fy * at(y0 + 1, x0 + 1))
+    return torch.from_numpy(kernel / kernel.sum()).float()
 
 
 def motion_blur(img: Image.Image, kernel_size: int, angle: float) -> Image.Image:
-    """Convolve every channel with `motion_kernel`; same size, reflect padding.
+    """Correlate every channel with `motion_kernel`, as OpenCV's ``filter2D`` does: same size, anchor at
+    kernel element (k//2, k//2), reflect-101 borders, rounded to uint8.
 
     Even kernels are padded asymmetrically (k//2 before, k//2 - 1 after) so the
-    output keeps the input size and pixel (k//2, k//2) of the kernel sits on the
-    output pixel. The image must be larger than the padding on both axes.
+    output keeps the input size and the anchor sits on the output pixel. The image
+    must be larger than the padding on both axes.
     """
     x = TF.pil_to_tensor(img).float().unsqueeze(0)  # [1, C, H, W]
     channels = x.shape[1]

@@ -6,6 +6,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from rlq.transforms import (
@@ -256,35 +257,51 @@ def test_motion_blur_of_an_impulse_is_the_kernel():
 
 
 @pytest.mark.parametrize("k", [8, 9, 12, 19])
-def test_motion_kernel_axis_aligned_lines(k):
+def test_motion_kernel_axis_aligned_lines_sit_in_row_and_column_k_minus_1_over_2(k):
+    """Even k: half a pixel above (left of) the centre, as the authors' line is."""
     row, col = np.zeros((k, k)), np.zeros((k, k))
-    row[k // 2, :] = 1 / k
-    col[:, k // 2] = 1 / k
+    row[(k - 1) // 2, :] = 1 / k
+    col[:, (k - 1) // 2] = 1 / k
     torch.testing.assert_close(motion_kernel(k, 0), torch.from_numpy(row).float())
-    torch.testing.assert_close(motion_kernel(k, 90), torch.from_numpy(col).float())
+    torch.testing.assert_close(motion_kernel(k, 90), torch.from_numpy(col).float(), atol=1e-6, rtol=0)
 
 
-def test_motion_kernel_45_degrees_is_the_anti_diagonal():
-    expected = np.fliplr(np.eye(9)) / 9  # bottom-left to top-right
-    torch.testing.assert_close(motion_kernel(9, 45), torch.from_numpy(expected.copy()).float())
+def _authors_kernel_by_grid_sample(k: int, angle: float) -> torch.Tensor:
+    """The authors' rule written another way: torch's affine_grid + grid_sample (bilinear, zeros outside)
+    rotate the k x k line matrix about its centre (with align_corners=True, normalised coordinates are
+    centred on ((k-1)/2, (k-1)/2) and scaled the same on both axes)."""
+    line = torch.zeros(1, 1, k, k, dtype=torch.float64)
+    line[0, 0, (k - 1) // 2, :] = 1
+    t = math.radians(angle)
+    # output position -> input position: the inverse of a counter-clockwise turn on a y-down grid
+    theta = torch.tensor([[[math.cos(t), -math.sin(t), 0.0], [math.sin(t), math.cos(t), 0.0]]], dtype=torch.float64)
+    grid = F.affine_grid(theta, [1, 1, k, k], align_corners=True)
+    rotated = F.grid_sample(line, grid, mode="bilinear", padding_mode="zeros", align_corners=True)[0, 0]
+    return (rotated / rotated.sum()).float()
+
+
+@pytest.mark.parametrize("k", list(range(8, 20)))
+def test_motion_kernel_is_the_authors_rotated_line(k):
+    for angle in (0, 10, 30, 45, 60, 89, 90, 120, 135, 150, 179):
+        torch.testing.assert_close(motion_kernel(k, angle), _authors_kernel_by_grid_sample(k, angle), atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("k", [8, 11, 19])
-@pytest.mark.parametrize("angle", [0, 17, 45, 63, 90, 112, 150, 179])
-def test_motion_kernel_is_a_unit_sum_line_through_the_centre_at_the_angle(k, angle):
-    kernel = motion_kernel(k, angle)
-    assert torch.isclose(kernel.sum(), torch.tensor(1.0))
-    rows, cols = kernel.nonzero().T.float()
-    assert len(rows) == k  # one pixel per step along the dominant axis
-    # Every pixel lies within half a pixel of the ideal line through the kernel's
-    # geometric centre; with one pixel per step along the dominant axis this pins
-    # both the position and the angle (a wrong axis would be off by up to k/2).
-    theta = math.radians(angle)
-    x, y = cols - (k - 1) / 2, (k - 1) / 2 - rows  # y points up
-    distance = (x * math.sin(theta) - y * math.cos(theta)).abs()
-    assert distance.max() <= 0.5 + 1e-6
-    dominant = cols if abs(math.cos(theta)) >= abs(math.sin(theta)) else rows
-    assert sorted(dominant.tolist()) == list(range(k))
+@pytest.mark.parametrize("angle", [0, 17, 45, 63, 90, 112, 135, 150, 179])
+def test_motion_kernel_is_a_unit_sum_line_of_length_k_at_the_angle(k, angle):
+    kernel = motion_kernel(k, angle).double()
+    assert torch.isclose(kernel.sum(), torch.tensor(1.0, dtype=torch.float64))
+    rows, cols = torch.meshgrid(torch.arange(k, dtype=torch.float64), torch.arange(k, dtype=torch.float64), indexing="ij")
+    x, y = cols - (kernel * cols).sum(), -(rows - (kernel * rows).sum())  # y points up
+    t = math.radians(angle)
+    along = x * math.cos(t) + y * math.sin(t)
+    across = -x * math.sin(t) + y * math.cos(t)
+    # A line of k unit-spaced taps: variance (k^2 - 1) / 12 along it, give or take what bilinear sampling
+    # spreads or the matrix's corners cut off; a 1-pixel-per-step diagonal, 1.41x longer at 45 degrees,
+    # would have twice it.
+    line_variance = (k**2 - 1) / 12
+    assert 0.95 * line_variance <= (kernel * along**2).sum() <= line_variance + 0.5
+    assert (kernel * across**2).sum() <= 0.5
 
 
 def test_draw_parameter_ranges():
