@@ -33,7 +33,7 @@ from accelerate import Accelerator
 from rlq.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from rlq.data import DatasetLayoutError, Evaluation, Sample, load_dataset
 from rlq.diagnostics import dataset_clothes_leakage, diagnostics_text, lq_consistency
-from rlq.evaluation import results_table, run_evaluation, split_features
+from rlq.evaluation import results_table, run_evaluation, run_single_shot, split_features
 from rlq.launch import LaunchError, check_launch, memory_format, mixed_precision
 from rlq.lowquality import SizeBucketError, degraded_features, low_quality_report, lq_sample_sheet
 from rlq.ranking import OTHER_IDENTITY_COLOUR, SAME_IDENTITY_COLOUR, RankingError, rank_folders, ranking_strip
@@ -56,6 +56,9 @@ class Args:
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     """Autocast precision of the feature extraction (features are summed and normalised in float32);
     auto: bf16 on a GPU that has it, else fp32."""
+    gallery_protocol: Literal["all", "single-shot"] = "all"
+    """PRCC's two conventions: the whole gallery (CAL's and RLQ's published numbers), or single-shot: one random
+    gallery image per identity, every metric averaged over 10 fixed draws (about 20 mAP points apart on PRCC)."""
     json: Path | None = None
     """Write the metrics (fractions in [0, 1]) to this JSON file."""
     save_features: Path | None = None
@@ -159,8 +162,9 @@ def main(args: Args) -> dict[str, dict]:
                                  height=height, width=width, batch_size=args.batch_size, num_workers=args.num_workers)
     if not accelerator.is_main_process:
         return {}
-    results = {e.name: run_evaluation(e, dataset.splits, features) for e in dataset.evaluations}
-    print(f"{args.checkpoint} on {dataset.name} ({dataset.root}):\n{results_table(results)}")
+    run = run_single_shot if args.gallery_protocol == "single-shot" else run_evaluation
+    results = {e.name: run(e, dataset.splits, features) for e in dataset.evaluations}
+    print(f"{args.checkpoint} on {dataset.name} ({dataset.root}), {args.gallery_protocol} gallery:\n{results_table(results)}")
     extra, text = low_quality_report(dataset, results, features, degraded, args.size_buckets)
     if text:
         print(text)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from PIL import Image
@@ -101,6 +102,31 @@ def run_evaluation(evaluation: Evaluation, splits: dict[str, list[Sample]], feat
     )
 
 
+SINGLE_SHOT_DRAWS = 10
+
+
+def single_shot_gallery(gallery: list[Sample], draw: int) -> np.ndarray:
+    """Sorted indices of one gallery image per identity, drawn with the fixed seed `draw`."""
+    pids = np.array([s.pid for s in gallery])
+    rng = np.random.default_rng([20251130, draw])
+    return np.sort([rng.choice(np.flatnonzero(pids == pid)) for pid in np.unique(pids)])
+
+
+def run_single_shot(evaluation: Evaluation, splits: dict[str, list[Sample]], features: dict[str, torch.Tensor],
+                    draws: int = SINGLE_SHOT_DRAWS) -> dict:
+    """`run_evaluation` against single-shot galleries (one random image per identity), averaged over `draws`
+    fixed draws (PRCC's other convention; the whole gallery is CAL's and RLQ's)."""
+    name = evaluation.gallery_split
+    runs = []
+    for draw in range(draws):
+        chosen = single_shot_gallery(splits[name], draw)
+        runs.append(run_evaluation(evaluation, splits | {name: [splits[name][i] for i in chosen]},
+                                   features | {name: features[name][torch.from_numpy(chosen)]}))
+    # Everything is averaged, the query counts too: on PRCC they are the same in every draw (the gallery is
+    # camera A, the queries B or C), elsewhere a query can lack a valid match in some draws.
+    return {k: sum(r[k] for r in runs) / draws for k in runs[0]}
+
+
 def evaluate_model(
     model: torch.nn.Module,
     splits: dict[str, list[Sample]],
@@ -129,5 +155,5 @@ def results_table(results: dict[str, dict]) -> str:
     rows = []
     for name, m in results.items():
         total = m["num_valid_queries"] + m["num_skipped_queries"]
-        rows.append([name, *(f"{100 * m[c]:.1f}" for c in METRIC_COLUMNS), f"{m['num_valid_queries']}/{total}"])
+        rows.append([name, *(f"{100 * m[c]:.1f}" for c in METRIC_COLUMNS), f"{m['num_valid_queries']:g}/{total:g}"])
     return format_table(["protocol", "top-1", "top-5", "top-10", "top-20", "mAP", "mINP", "valid queries"], rows)

@@ -94,3 +94,13 @@ def test_processes_outside_one_group_are_refused(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(LaunchError, match="ACCELERATE_USE_CPU=true"):
         check_launch(Accelerator())
+
+
+def test_single_shot_gallery_protocol_through_evaluate(tiny_run, synthetic_root):
+    options = dict(checkpoint=tiny_run / "best.pt", root=synthetic_root, num_workers=0)
+    whole = evaluate.main(Args(**options))
+    single = evaluate.main(Args(gallery_protocol="single-shot", **options))
+    assert set(single) == set(whole)
+    for name in ("standard", "cc", "sc"):
+        assert 0 <= single[name]["mAP"] <= 1
+    assert single["standard"]["mAP"] != whole["standard"]["mAP"]  # another gallery, another number
