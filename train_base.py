@@ -28,7 +28,7 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 
 from rlq.checkpoint import CheckpointError, load_checkpoint, rng_states_of_all_processes, save_atomic
-from rlq.data import DatasetLayoutError, load_dataset, summary_table
+from rlq.data import DatasetLayoutError, hold_out_identities, load_dataset, summary_table
 from rlq.launch import LaunchError, check_launch, memory_format, mixed_precision
 from rlq.loaders import TrainImages, train_loader
 from rlq.losses import (
@@ -107,7 +107,12 @@ class Config:
     eval_every: int = 10
     """Evaluate every N epochs (and after the last one)."""
     select_on: Literal["test", "val"] = "test"
-    """Evaluations that pick best.pt: the test protocols, or the validation split (PRCC, LaST, DeepChange)."""
+    """Evaluations that pick best.pt: the test protocols, or the validation split (PRCC, LaST, DeepChange; LTCC with --val-ids)."""
+    val_ids: int = 0
+    """LTCC (no validation split of its own): hold out N training identities, all their outfits, as a clothes-changing
+    validation query/gallery split for --select-on val; they leave the training set (rlq.data.hold_out_identities)."""
+    val_seed: int = 0
+    """Seed of the --val-ids draw (kept apart from --seed, so that every training seed sees the same split)."""
     eval_batch_size: int = 128
     """Images per process per evaluation batch."""
     num_workers: int = 4
@@ -194,7 +199,7 @@ def main(cfg: Config) -> dict:
     )
     check_launch(accelerator)
     set_seed(cfg.seed + accelerator.process_index)
-    dataset = load_dataset(cfg.dataset, cfg.root)
+    dataset = hold_out_identities(load_dataset(cfg.dataset, cfg.root), cfg.val_ids, cfg.val_seed)
     splits, evaluations = eval_sets(dataset, cfg.select_on)
     accelerator.print(summary_table(dataset))
 

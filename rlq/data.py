@@ -494,6 +494,47 @@ def format_table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+VAL_EVALUATIONS_HELD_OUT = [Evaluation("cc", "query", "gallery", "cc")]
+
+
+def hold_out_identities(dataset: ReIDDataset, num_ids: int, seed: int) -> ReIDDataset:
+    """A validation split made of `num_ids` training identities, which leave the training set (LTCC has none).
+
+    The identities are drawn (deterministically for `seed`) among those with at least two outfits. Each
+    gives one randomly chosen outfit as queries and its other outfits as gallery, so the split runs the
+    clothes-changing protocol; a query with no other-outfit gallery image from another camera (nothing
+    to find under that protocol) is left out. The remaining training identities and outfits are
+    relabelled 0..n-1 in their previous order. `num_ids` 0 returns the dataset as it is.
+    """
+    if num_ids == 0:
+        return dataset
+    if dataset.val_evaluations or dataset.headline != "cc":
+        raise DatasetLayoutError(f"--val-ids: {dataset.name} has its own validation split or no clothes-changing protocol; "
+                                 "it is meant for LTCC (use --select-on val with the dataset's own split)")
+    outfits: dict[int, set[int]] = {}
+    for s in dataset.train:
+        outfits.setdefault(s.pid, set()).add(s.clothes_id)
+    candidates = sorted(pid for pid, owned in outfits.items() if len(owned) > 1)
+    if not 0 < num_ids < len(candidates):
+        raise DatasetLayoutError(f"--val-ids {num_ids}: {dataset.name} has {len(candidates)} training identities with "
+                                 "two or more outfits; hold out at least 1 and fewer than that")
+    rng = np.random.default_rng([seed, num_ids])
+    held_out = set(rng.choice(candidates, size=num_ids, replace=False).tolist())
+    query, gallery = [], []
+    for pid in sorted(held_out):
+        images = [s for s in dataset.train if s.pid == pid]
+        query_outfit = rng.choice(sorted(outfits[pid]))
+        gallery += [s for s in images if s.clothes_id != query_outfit]
+        cameras = {s.camid for s in images if s.clothes_id != query_outfit}
+        query += [s for s in images if s.clothes_id == query_outfit and cameras - {s.camid}]
+    kept = [s for s in dataset.train if s.pid not in held_out]
+    pid_map = {p: i for i, p in enumerate(sorted({s.pid for s in kept}))}
+    clothes_map = {c: i for i, c in enumerate(sorted({s.clothes_id for s in kept}))}
+    train = [dataclasses.replace(s, pid=pid_map[s.pid], clothes_id=clothes_map[s.clothes_id]) for s in kept]
+    return dataclasses.replace(dataset, splits=dataset.splits | {"train": train},
+                               val_splits={"query": query, "gallery": gallery}, val_evaluations=VAL_EVALUATIONS_HELD_OUT)
+
+
 def summary_table(dataset: ReIDDataset) -> str:
     info = summary(dataset)
     groups = [("", info["splits"])] + ([("val/", info["val_splits"])] if "val_splits" in info else [])
