@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The paper's celeb run(s), every seed, evaluated and tabled (rlq/reproduce.py has the settings; README, "Reproducing the paper").
+#   bash scripts/reproduce_celeb.sh --root DATA [...] [--dry-run]      # --help lists the arguments
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [[ -z "${PY:-}" ]]; then [[ -x .venv/bin/python ]] && PY=.venv/bin/python || PY=python; fi
+exec "$PY" -m rlq.reproduce celeb "$@"
