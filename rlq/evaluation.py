@@ -20,6 +20,7 @@ from rlq.data import Evaluation, Sample, format_table
 from rlq.launch import memory_format
 from rlq.loaders import eval_loader
 from rlq.metrics import evaluate
+from rlq.rerank import rerank
 
 METRIC_COLUMNS = ("top1", "top5", "top10", "top20", "mAP", "mINP")
 
@@ -86,8 +87,9 @@ def _labels(samples: list[Sample], field: str) -> torch.Tensor:
     return torch.tensor([getattr(s, field) for s in samples], dtype=torch.long)
 
 
-def run_evaluation(evaluation: Evaluation, splits: dict[str, list[Sample]], features: dict[str, torch.Tensor]) -> dict:
-    """Metrics of one protocol run (fractions in [0, 1], query counts)."""
+def run_evaluation(evaluation: Evaluation, splits: dict[str, list[Sample]], features: dict[str, torch.Tensor],
+                   similarity: Callable[[slice], torch.Tensor] | None = None) -> dict:
+    """Metrics of one protocol run (fractions in [0, 1], query counts); `similarity` replaces the cosine ranking."""
     query, gallery = splits[evaluation.query_split], splits[evaluation.gallery_split]
     return evaluate(
         features[evaluation.query_split],
@@ -99,7 +101,17 @@ def run_evaluation(evaluation: Evaluation, splits: dict[str, list[Sample]], feat
         _labels(query, "clothes_id"),
         _labels(gallery, "clothes_id"),
         protocol=evaluation.protocol,
+        similarity=similarity,
     )
+
+
+def run_reranked(evaluation: Evaluation, splits: dict[str, list[Sample]], features: dict[str, torch.Tensor],
+                 device: torch.device, **rerank_options) -> dict:
+    """`run_evaluation` ranked by k-reciprocal re-ranking (`rlq.rerank`) on `device`."""
+    names = (evaluation.query_split, evaluation.gallery_split)
+    on_device = {name: features[name].to(device) for name in names}
+    reranking = rerank(*(on_device[name] for name in names), **rerank_options)
+    return run_evaluation(evaluation, splits, on_device, similarity=reranking.similarities)
 
 
 SINGLE_SHOT_DRAWS = 10

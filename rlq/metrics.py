@@ -101,6 +101,7 @@ def evaluate(
     gallery_clothes=None,
     protocol: str = "standard",
     chunk_size: int | None = None,
+    similarity: Callable[[slice], torch.Tensor] | None = None,
 ) -> dict[str, float | int]:
     """Rank the gallery for every query and compute CMC, mAP and mINP.
 
@@ -115,6 +116,10 @@ def evaluate(
         protocol: "standard", "cc" or "sc" (see the module docstring).
         chunk_size: queries per chunk (bounds memory); by default derived
             from the gallery size. Results do not depend on it.
+        similarity: rows -> [len(rows), G] similarities of those query rows
+            to the gallery (higher = closer), on the features' device, e.g.
+            `rlq.rerank.Reranking.similarities`; by default the cosine of
+            the features. It may be called from several threads at once.
 
     Returns:
         Fractions in [0, 1] averaged over the valid queries: "top1", "top5",
@@ -160,8 +165,12 @@ def evaluate(
     per_query = torch.empty(num_query, 3, dtype=torch.float64, device=device)
 
     def run(rows: slice, ws: _Workspace) -> None:
-        per_query[rows] = _chunk_metrics(qf[rows], gf, query.slice(rows), gallery,
-                                         groups.slice(rows), protocol, ws)
+        sims = ws.sims[: rows.stop - rows.start]
+        if similarity is None:
+            torch.mm(qf[rows], gf.T, out=sims)
+        else:
+            sims.copy_(similarity(rows))
+        per_query[rows] = _chunk_metrics(sims, query.slice(rows), gallery, groups.slice(rows), protocol, ws)
 
     chunks = [slice(start, min(start + chunk, num_query)) for start in range(0, num_query, chunk)]
     _for_each_chunk(run, chunks, lambda: _Workspace.allocate(chunk, num_gallery, max_bins, device),
@@ -353,8 +362,7 @@ class _Workspace:
 
 
 def _chunk_metrics(
-    qf: torch.Tensor,
-    gf: torch.Tensor,
+    sims: torch.Tensor,
     query: _Labels,
     gallery: _Labels,
     groups: _IdentityGroups,
@@ -362,11 +370,10 @@ def _chunk_metrics(
     ws: _Workspace,
 ) -> torch.Tensor:
     """[c, 3] float64: first good rank (inf if none), AP and mINP (0 if none)."""
-    c, m = qf.shape[0], groups.width
-    sims = torch.mm(qf, gf.T, out=ws.sims[:c])
+    m = groups.width
 
     # Same-identity items: padded [c, m] matrix of gallery columns.
-    slot = torch.arange(m, device=qf.device)
+    slot = torch.arange(m, device=sims.device)
     present = slot < groups.count[:, None]
     cols = groups.order[(groups.start[:, None] + slot).clamp(max=groups.order.numel() - 1)]
     good = present & _good_mask(protocol, query, gallery, cols)

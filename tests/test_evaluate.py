@@ -104,3 +104,20 @@ def test_single_shot_gallery_protocol_through_evaluate(tiny_run, synthetic_root)
     for name in ("standard", "cc", "sc"):
         assert 0 <= single[name]["mAP"] <= 1
     assert single["standard"]["mAP"] != whole["standard"]["mAP"]  # another gallery, another number
+
+
+def test_rerank_prints_beside_the_plain_metrics_what_rlq_rerank_gives(tiny_run, synthetic_root, tmp_path, capsys):
+    from rlq.metrics import evaluate as rank
+    from rlq.rerank import rerank
+
+    results = evaluate.main(Args(checkpoint=tiny_run / "best.pt", root=synthetic_root, num_workers=0, rerank=True,
+                                 rerank_k1=10, rerank_k2=3, save_features=tmp_path / "features.pt"))
+    assert "re-ranked (k-reciprocal, k1 10, k2 3, lambda 0.3)" in capsys.readouterr().out
+    assert set(results["reranked"]) == {"standard", "cc", "sc"}
+    dump = torch.load(tmp_path / "features.pt")
+    query, gallery = dump["query"], dump["gallery"]
+    reranking = rerank(query["features"], gallery["features"], k1=10, k2=3)
+    direct = rank(query["features"], gallery["features"], query["pids"], gallery["pids"], query["camids"], gallery["camids"],
+                  query["clothes"], gallery["clothes"], protocol="cc", similarity=reranking.similarities)
+    assert results["reranked"]["cc"] == pytest.approx(direct)
+    assert results["reranked"]["cc"] != results["cc"]
