@@ -219,9 +219,13 @@ class CALModel(nn.Module):
         f = self.neck(self.backbone(x))
         return ReIDOutput(f1=f, id_logits_f1=self.classifier(f))
 
+    def embed(self, x: Tensor) -> Tensor:
+        """The feature of one view, before flip-summing and normalisation [B, feature_dim]."""
+        return self.neck(self.backbone(x))
+
     def retrieval_features(self, x: Tensor) -> Tensor:
         """Test-time feature [B, feature_dim]; call in eval mode."""
-        return _flip_sum_normalise(lambda im: self.neck(self.backbone(im)), x)
+        return _flip_sum_normalise(self.embed, x)
 
 
 class BaseModel(nn.Module):
@@ -254,9 +258,13 @@ class BaseModel(nn.Module):
             f1=f1, id_logits_f1=self.cal_classifier(f1), f2=f2, id_logits_f2=self.id_classifier(f2)
         )
 
+    def embed(self, x: Tensor) -> Tensor:
+        """concat(f1, f2) of one view, before flip-summing and normalisation [B, 2 * feature_dim]."""
+        return torch.cat(self._branch_features(self.shared(x)), dim=1)
+
     def retrieval_features(self, x: Tensor) -> Tensor:
         """Test-time feature concat(f1, f2) [B, 2 * feature_dim]; call in eval mode."""
-        return _flip_sum_normalise(lambda im: torch.cat(self._branch_features(self.shared(im)), dim=1), x)
+        return _flip_sum_normalise(self.embed, x)
 
 
 class RLQModel(BaseModel):

@@ -84,3 +84,12 @@ def test_bench_extract_features_match_a_plain_fp32_forward(fresh_accelerate_stat
                                  "--reference-batch-size", "4", "--repeats", "1"])
     assert result["min_cosine"] > 0.9999  # fp32 on CPU: the same features, batched differently
     assert result["ours"] > 0 and result["end_to_end"] > 0
+
+
+def test_bench_rerank_runs_both_paths_in_their_own_processes_and_they_agree():
+    import bench_rerank
+
+    report = bench_rerank.main(["--sizes", "40x200", "--dim", "32", "--ids", "20"])
+    row = report["40x200"]
+    assert row["ours"]["seconds"] > 0 and row["dense"]["seconds"] > 0 and row["ours"]["peak_gib"] >= 0
+    assert row["max_difference"] < 1e-5
