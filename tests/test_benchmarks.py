@@ -3,6 +3,7 @@
 bench_train.py: its reference is the same network and losses as the scripts' steps, and our path (bf16
 autocast, multi-tensor Adam, losses read back per window) changes the losses only within bf16 rounding.
 bench_data.py: the worker arithmetic. bench_extract.py: our extraction gives a plain forward's features.
+bench_rerank.py: our re-ranking and its dense reference agree.
 """
 
 from __future__ import annotations
