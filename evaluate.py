@@ -96,6 +96,15 @@ class Args:
     """Folder of the --query-dir ranking: ranking.csv (query,rank,gallery,similarity) and one PNG per query."""
 
 
+def check_finite_features(features: dict[str, torch.Tensor], checkpoint: Path) -> None:
+    """A model with diverged weights gives NaN or infinite features: say so instead of failing in the ranking."""
+    for split, feats in features.items():
+        bad = int((~torch.isfinite(feats).all(dim=1)).sum())
+        if bad:
+            raise CheckpointError(f"checkpoint '{checkpoint}' gives non-finite features for {bad} of {len(feats)} {split} images: "
+                                  "its weights have diverged (a NaN or exploding run); evaluate an earlier checkpoint")
+
+
 def save_features(path: Path, splits: dict[str, list[Sample]], features: dict[str, torch.Tensor]) -> None:
     """{split: {features, pids, camids, clothes, paths}}, every image of every evaluated split, in dataset order."""
     dump = {}
@@ -168,6 +177,7 @@ def main(args: Args) -> dict[str, dict]:
     height, width = checkpoint["input_size"]
     features = split_features(model, dataset.splits, dataset.evaluations, accelerator,
                               height=height, width=width, batch_size=args.batch_size, num_workers=args.num_workers)
+    check_finite_features(features, args.checkpoint)
     degraded = degraded_features(model, dataset, args.degrade, accelerator,
                                  height=height, width=width, batch_size=args.batch_size, num_workers=args.num_workers)
     if not accelerator.is_main_process:

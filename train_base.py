@@ -27,7 +27,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 
-from rlq.checkpoint import CheckpointError, load_checkpoint, rng_states_of_all_processes, save_atomic
+from rlq.checkpoint import CheckpointError, load_checkpoint
 from rlq.data import DatasetLayoutError, hold_out_identities, load_dataset, summary_table
 from rlq.launch import LaunchError, check_launch, memory_format, mixed_precision
 from rlq.loaders import TrainImages, train_loader
@@ -45,17 +45,18 @@ from rlq.training import (
     LossLog,
     NonFiniteLoss,
     adam,
+    check_images,
+    check_output,
+    check_parameters,
     clothes_classes,
     eval_sets,
     evaluate_and_select,
     new_model,
     restore,
     resume_path,
+    save_run,
     tensorboard_config,
     train_transform,
-    training_checkpoint,
-    without_training_state,
-    write_json_atomic,
 )
 
 
@@ -130,6 +131,10 @@ class Config:
     """Base seed: torch uses seed + rank; the sampler shares the seed; augmentation uses (seed, epoch, rank, worker)."""
     resume: Path | None = None
     """Continue a run from a last.pt (or a run folder holding one), exactly where it stopped."""
+    overwrite: bool = False
+    """Start a new run in an --output folder that holds another run's last.pt (without it, that is refused)."""
+    check_images: bool = True
+    """Decode every training and evaluation image at start and stop with the list of unreadable ones (seconds per 10,000)."""
     max_steps_per_epoch: int | None = None
     """Cap on steps per epoch (quick runs and tests); by default an epoch is one pass of the P x K sampler."""
 
@@ -198,11 +203,13 @@ def main(cfg: Config) -> dict:
         project_config=ProjectConfiguration(project_dir=str(cfg.output), logging_dir=str(cfg.output / "tensorboard")),
     )
     check_launch(accelerator)
+    check_output(cfg.output, cfg.resume, cfg.overwrite)
     set_seed(cfg.seed + accelerator.process_index)
     dataset = hold_out_identities(load_dataset(cfg.dataset, cfg.root), cfg.val_ids, cfg.val_seed)
     splits, evaluations = eval_sets(dataset, cfg.select_on)
     accelerator.print(summary_table(dataset))
 
+    check_images(dataset.train + [s for split in splits.values() for s in split], accelerator, cfg.check_images)
     recolouring, pid2clothes = clothes_classes(dataset, cfg.masks)
     model = new_model(cfg, cfg.model, dataset.num_train_pids, accelerator, **arch_kwargs(cfg))
     model = model.to(accelerator.device, memory_format=memory_format(accelerator.device))
@@ -232,9 +239,21 @@ def main(cfg: Config) -> dict:
     loader = train_loader(train_set, sampler, cfg.batch_size, cfg.num_workers, accelerator.device)
     loader_options = dict(height=cfg.height, width=cfg.width, batch_size=cfg.eval_batch_size, num_workers=cfg.num_workers)
 
-    cfg.output.mkdir(parents=True, exist_ok=True)
+    def save(epochs_done: int, improved: bool = False, evaluation_pending: bool = False) -> None:
+        save_run(cfg, accelerator, improved, {"evaluation_pending": evaluation_pending}, model=model,
+                 clothes_classifier=clothes_classifier, optimizer=optimizer, clothes_optimizer=clothes_optimizer, scheduler=scheduler,
+                 epochs_done=epochs_done, best=best, history=history, arch=cfg.model, arch_kwargs=arch_kwargs(cfg), dataset=dataset)
+
+    def evaluate_and_save(epoch: int) -> None:
+        nonlocal best
+        best, improved = evaluate_and_select(model, dataset, splits, evaluations, accelerator, epoch=epoch, split_name=cfg.select_on,
+                                             best=best, history=history, global_step=global_step, **loader_options)
+        save(epoch + 1, improved)
+
     accelerator.init_trackers("train_base", config=tensorboard_config(cfg))
     global_step = sum(entry["steps"] for entry in history["train"])  # the sampler's batch count varies by epoch
+    if cfg.resume is not None and checkpoint.get("evaluation_pending"):
+        evaluate_and_save(start_epoch - 1)  # the run stopped between writing last.pt and evaluating that epoch
     for epoch in range(start_epoch, cfg.epochs):
         sampler.set_epoch(epoch)
         first_step = global_step
@@ -244,21 +263,11 @@ def main(cfg: Config) -> dict:
         scheduler.step()
         accelerator.print(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items()))
 
-        improved = False
-        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-            best, improved = evaluate_and_select(model, dataset, splits, evaluations, accelerator, epoch=epoch, split_name=cfg.select_on,
-                                                 best=best, history=history, global_step=global_step, **loader_options)
-
-        rng = rng_states_of_all_processes()  # so that a resume restores each rank's own
-        if accelerator.is_main_process:
-            checkpoint = training_checkpoint(cfg, accelerator, model=model, clothes_classifier=clothes_classifier, optimizer=optimizer,
-                                             clothes_optimizer=clothes_optimizer, scheduler=scheduler, epochs_done=epoch + 1,
-                                             best=best, history=history, rng=rng, arch=cfg.model, arch_kwargs=arch_kwargs(cfg),
-                                             dataset=dataset)
-            if improved:
-                save_atomic(without_training_state(checkpoint), cfg.output / "best.pt")
-            save_atomic(checkpoint, cfg.output / "last.pt")
-            write_json_atomic(cfg.output / "metrics.json", {"best": best, **history})
+        check_parameters(model, epoch, accelerator)
+        evaluating = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
+        save(epoch + 1, evaluation_pending=evaluating)  # before the evaluation: one that fails loses no training
+        if evaluating:
+            evaluate_and_save(epoch)
         accelerator.wait_for_everyone()
 
     if best is not None:

@@ -39,13 +39,7 @@ from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import ProjectConfiguration, set_seed
 
 from rlq.attributes import AttributeFileError, label_training_samples, num_pose_classes
-from rlq.checkpoint import (
-    CheckpointError,
-    load_checkpoint,
-    model_from_checkpoint,
-    rng_states_of_all_processes,
-    save_atomic,
-)
+from rlq.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from rlq.data import DatasetLayoutError, hold_out_identities, load_dataset, summary_table
 from rlq.launch import LaunchError, check_launch, memory_format, mixed_precision
 from rlq.loaders import AttributedTrainImages, TADPairs, tad_loader, train_loader
@@ -65,17 +59,18 @@ from rlq.training import (
     LossLog,
     NonFiniteLoss,
     adam,
+    check_images,
+    check_output,
+    check_parameters,
     clothes_classes,
     eval_sets,
     evaluate_and_select,
     new_model,
     restore,
     resume_path,
+    save_run,
     tensorboard_config,
     train_transform,
-    training_checkpoint,
-    without_training_state,
-    write_json_atomic,
 )
 
 Attribute = Literal["gender", "pose"]
@@ -174,6 +169,10 @@ class Config:
     """Base seed: torch uses seed + rank; samplers share the seed; augmentation uses (seed, epoch, rank, worker)."""
     resume: Path | None = None
     """Continue a run from a last.pt (or a run folder holding one), exactly where it stopped (also between the two phases)."""
+    overwrite: bool = False
+    """Start a new run in an --output folder that holds another run's last.pt (without it, that is refused)."""
+    check_images: bool = True
+    """Decode every target, external and evaluation image at start and stop with the list of unreadable ones."""
     max_steps_per_epoch: int | None = None
     """Cap on the steps of each phase per epoch (quick runs and tests)."""
 
@@ -334,6 +333,7 @@ def main(cfg: Config) -> dict:
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.tad_model == "rlq")],
     )
     check_launch(accelerator)
+    check_output(cfg.output, cfg.resume, cfg.overwrite)
     set_seed(cfg.seed + accelerator.process_index)
     dataset = hold_out_identities(load_dataset(cfg.dataset, cfg.root), cfg.val_ids, cfg.val_seed)
     external = load_dataset(cfg.external_dataset, cfg.external_root)
@@ -342,6 +342,7 @@ def main(cfg: Config) -> dict:
     accelerator.print(summary_table(dataset))
     accelerator.print(summary_table(external))
 
+    check_images(train + external.train + [s for split in splits.values() for s in split], accelerator, cfg.check_images)
     recolouring, pid2clothes = clothes_classes(dataset, cfg.masks)
     model = new_model(cfg, cfg.tad_model, dataset.num_train_pids, accelerator, **arch_kwargs(cfg))
     model = model.to(accelerator.device, memory_format=memory_format(accelerator.device))
@@ -377,23 +378,22 @@ def main(cfg: Config) -> dict:
                                           accelerator.process_index, accelerator.num_processes, accelerator.device)
     loader_options = dict(height=cfg.height, width=cfg.width, batch_size=cfg.eval_batch_size, num_workers=cfg.num_workers)
 
-    def save_last(epochs_done: int, phase: str, improved: bool = False) -> None:
+    def save_last(epochs_done: int, phase: str, improved: bool = False, evaluation_pending: bool = False) -> None:
         """last.pt after each phase (`phase` says which was the last one done); best.pt first when it improved."""
-        rng = rng_states_of_all_processes()  # so that a resume restores each rank's own
-        if not accelerator.is_main_process:
-            return
-        checkpoint = training_checkpoint(cfg, accelerator, model=model, clothes_classifier=clothes_classifier, optimizer=optimizer,
-                                         clothes_optimizer=clothes_optimizer, scheduler=scheduler, epochs_done=epochs_done,
-                                         best=best, history=history, rng=rng, arch=cfg.tad_model, arch_kwargs=arch_kwargs(cfg),
-                                         dataset=dataset) | {"phase": phase}
-        if improved:
-            save_atomic(without_training_state(checkpoint), cfg.output / "best.pt")
-        save_atomic(checkpoint, cfg.output / "last.pt")
-        write_json_atomic(cfg.output / "metrics.json", {"best": best, **history})
+        save_run(cfg, accelerator, improved, {"phase": phase, "evaluation_pending": evaluation_pending}, model=model,
+                 clothes_classifier=clothes_classifier, optimizer=optimizer, clothes_optimizer=clothes_optimizer, scheduler=scheduler,
+                 epochs_done=epochs_done, best=best, history=history, arch=cfg.tad_model, arch_kwargs=arch_kwargs(cfg), dataset=dataset)
 
-    cfg.output.mkdir(parents=True, exist_ok=True)
+    def evaluate_and_save(epoch: int) -> None:
+        nonlocal best
+        best, improved = evaluate_and_select(model, dataset, splits, evaluations, accelerator, epoch=epoch, split_name=cfg.select_on,
+                                             best=best, history=history, global_step=global_step, **loader_options)
+        save_last(epoch + 1, "cap", improved)
+
     accelerator.init_trackers("train_rlq", config=tensorboard_config(cfg))
     global_step = sum(entry["steps"] for entry in history["tad"] + history["train"])
+    if cfg.resume is not None and checkpoint.get("evaluation_pending"):
+        evaluate_and_save(start_epoch - 1)  # the run stopped between writing last.pt and evaluating that epoch
     for epoch in range(start_epoch, cfg.epochs):
         if not (skip_tad and epoch == start_epoch):
             tad_sampler.set_epoch(epoch)
@@ -401,6 +401,7 @@ def main(cfg: Config) -> dict:
             losses, global_step = tad_epoch(cfg, epoch, model, teacher, optimizer, tad_batches, accelerator, global_step)
             history["tad"].append({"epoch": epoch, "steps": global_step - first_step, "lr": scheduler.get_last_lr()[0], **losses})
             accelerator.print(f"epoch {epoch} TAD: " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items()))
+            check_parameters(model, epoch, accelerator)
             save_last(epoch, "tad")  # `epoch` epochs complete, and this one's TAD pass
             accelerator.wait_for_everyone()
 
@@ -412,11 +413,11 @@ def main(cfg: Config) -> dict:
         scheduler.step()
         accelerator.print(f"epoch {epoch} CAP: " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items()))
 
-        improved = False
-        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-            best, improved = evaluate_and_select(model, dataset, splits, evaluations, accelerator, epoch=epoch, split_name=cfg.select_on,
-                                                 best=best, history=history, global_step=global_step, **loader_options)
-        save_last(epoch + 1, "cap", improved)
+        check_parameters(model, epoch, accelerator)
+        evaluating = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
+        save_last(epoch + 1, "cap", evaluation_pending=evaluating)  # before the evaluation: one that fails loses no training
+        if evaluating:
+            evaluate_and_save(epoch)
         accelerator.wait_for_everyone()
 
     if best is not None:

@@ -10,13 +10,13 @@ Formats (samples in ../shared/data/reference-csv/):
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import re
 from pathlib import Path
 from typing import Literal
 
 from rlq.data import Sample
+from rlq.files import read_csv_rows
 
 Missing = Literal["error", "zero"]
 
@@ -35,15 +35,13 @@ def _rows(path: Path, required: tuple[str, ...]) -> tuple[list[str], list[dict[s
     path = Path(path)
     if not path.is_file():
         raise AttributeFileError(f"attribute file '{path}' does not exist")
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        missing = [c for c in required if c not in header]
-        if missing:
-            raise AttributeFileError(
-                f"'{path}' has columns {header}: expected a header starting with {','.join(required)} (missing {missing})"
-            )
-        return header, list(reader)
+    header, rows = read_csv_rows(path, AttributeFileError)
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise AttributeFileError(
+            f"'{path}' has columns {header}: expected a header starting with {','.join(required)} (missing {missing})"
+        )
+    return header, rows
 
 
 def _put(table: dict[str, int], key: str, value: int, path: Path, line: int) -> None:

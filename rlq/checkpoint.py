@@ -103,10 +103,11 @@ def load_checkpoint(path: Path) -> dict:
         with torch.serialization.safe_globals(NUMPY_SCALARS):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for damaged files
+        # Only the kind of failure: torch's message explains weights_only at length, which is not the problem here.
         raise CheckpointError(
             f"cannot read checkpoint '{path}': the file is truncated, damaged or not a checkpoint "
-            f"of this project or of the authors' ({type(error).__name__}: {error})"
-        ) from error
+            f"of this project or of the authors' ({type(error).__name__} in torch.load)"
+        ) from None
     if isinstance(checkpoint, dict) and "model_state_dict" in checkpoint:
         from rlq.authors import convert_authors_checkpoint  # here: rlq.authors itself imports this module
 

@@ -18,11 +18,13 @@ import dataclasses
 import json
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
 
 import numpy as np
+from PIL import Image
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 DATASETS = ("ltcc", "prcc", "celeb", "last", "deepchange", "synthetic", "synthetic-external")
@@ -462,9 +464,9 @@ def load_dataset(name: str, root: str | Path | None = None) -> ReIDDataset:
             return dataclasses.replace(read_ltcc(base / "target"), name=name)
         return read_celeb(base / "external", name=name)
     if name not in READERS:
-        raise ValueError(f"unknown dataset '{name}': expected one of {', '.join(DATASETS)}")
+        raise DatasetLayoutError(f"unknown dataset '{name}': expected one of {', '.join(DATASETS)}")
     if root is None:
-        raise ValueError(f"dataset '{name}' needs --root: the folder you obtained from the dataset's authors")
+        raise DatasetLayoutError(f"dataset '{name}' needs --root: the folder you obtained from the dataset's authors")
     return READERS[name](Path(root))
 
 
@@ -492,6 +494,30 @@ def format_table(header: list[str], rows: list[list]) -> str:
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def _decode_problem(path: str) -> str | None:
+    try:
+        with Image.open(path) as image:
+            image.load()  # the full decode: a truncated file fails here, not in a loader worker hours later
+        return None
+    except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, ... for broken files
+        return f"{type(error).__name__}: {error}"
+
+
+def unreadable_images(samples: list[Sample], workers: int | None = None) -> list[tuple[str, str]]:
+    """(path, reason) of every image of `samples` that cannot be decoded, each file decoded once (threads)."""
+    paths = sorted({s.path for s in samples})
+    with ThreadPoolExecutor(workers or min(32, os.cpu_count() or 1)) as pool:
+        reasons = list(pool.map(_decode_problem, paths))
+    return [(path, reason) for path, reason in zip(paths, reasons) if reason is not None]
+
+
+def unreadable_report(problems: list[tuple[str, str]], limit: int = 20) -> str:
+    lines = [f"  {path}: {reason}" for path, reason in problems[:limit]]
+    more = [f"  ... and {len(problems) - limit} more"] if len(problems) > limit else []
+    return "\n".join([f"{len(problems)} unreadable image(s); fix or remove them (or skip this check with --no-check-images):",
+                      *lines, *more])
 
 
 VAL_EVALUATIONS_HELD_OUT = [Evaluation("cc", "query", "gallery", "cc")]
@@ -558,6 +584,10 @@ class SummaryArgs:
     """Pose-cluster CSV in the authors' format (Category,Image,<columns>): report its coverage of training images."""
     pose_column: str = "R_LA_15"
     """Which pose-cluster column to read."""
+    check_images: bool = False
+    """Decode every image of --splits (in parallel) and list each unreadable one with its reason; exit status 1 if any."""
+    splits: tuple[str, ...] = ()
+    """Splits whose images --check-images decodes (e.g. train query gallery); default: all, validation splits included."""
 
 
 def main(args: SummaryArgs) -> None:
@@ -574,6 +604,21 @@ def main(args: SummaryArgs) -> None:
     print(summary_table(dataset))
     for name, c in coverage.items():
         print(f"{name}: {c['covered']}/{c['total']} training {c['unit']} covered by {c['file']}")
+    if args.check_images:
+        check_split_images(dataset, args.splits)
+
+
+def check_split_images(dataset: ReIDDataset, splits: tuple[str, ...]) -> None:
+    """--check-images: decode the images of `splits` (all by default), print what is unreadable, raise if anything is."""
+    available = dataset.splits | {f"val/{name}": samples for name, samples in dataset.val_splits.items()}
+    unknown = [name for name in splits if name not in available]
+    if unknown:
+        raise DatasetLayoutError(f"--splits {' '.join(unknown)}: {dataset.name} has the splits {', '.join(available)}")
+    samples = [s for name in (splits or available) for s in available[name]]
+    problems = unreadable_images(samples)
+    if problems:
+        raise DatasetLayoutError(unreadable_report(problems))
+    print(f"all {len({s.path for s in samples})} images decode")
 
 
 if __name__ == "__main__":

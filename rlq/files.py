@@ -1,10 +1,16 @@
-"""Atomic file writes: an interrupted run leaves the previous file or the new one, never half of one."""
+"""Files: atomic writes (an interrupted run leaves the previous file or the new one, never half of one), the
+clean-up of what killed writes leave behind, and CSV reading with errors that name the file."""
 
 from __future__ import annotations
 
 import csv
+import ctypes
 import io
 import os
+import re
+import shutil
+import signal
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,7 +26,7 @@ def atomic_output(path: Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
     try:
         yield tmp
         os.replace(tmp, path)
@@ -40,3 +46,49 @@ def write_csv_atomic(path: Path, header: Sequence[str], rows: Sequence[Sequence[
     writer.writerow(header)
     writer.writerows(rows)
     write_text_atomic(path, buffer.getvalue())
+
+
+TMP_SUFFIX = ".tmp"
+# `.NAME.PID.tmp` (atomic_output) and `.NAME.tmp-PID` (rlq.synthetic's dataset folder being built).
+_TEMPORARY = re.compile(r"^\.(?P<name>.+?)\.(?:(?P<pid>\d+)\.tmp|tmp-(?P<pid2>\d+))$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files and folders that killed writes left in `folder` (their process is gone)."""
+    removed = []
+    if not Path(folder).is_dir():
+        return removed
+    for entry in Path(folder).iterdir():
+        match = _TEMPORARY.match(entry.name)
+        if match is None or _alive(int(match["pid"] or match["pid2"])):
+            continue
+        shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
+def die_with_parent() -> None:
+    """In a worker process: be killed (SIGTERM) when the parent dies, even by SIGKILL (Linux; elsewhere a no-op)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def read_csv_rows(path: Path, error: type[Exception]) -> tuple[list[str], list[dict[str, str]]]:
+    """(header, rows) of a UTF-8 CSV (with or without a byte-order mark); other encodings raise `error` naming the file."""
+    try:
+        with Path(path).open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            return list(reader.fieldnames or []), list(reader)
+    except UnicodeDecodeError as decode_error:
+        raise error(f"'{path}' is not UTF-8 text ({decode_error.reason} at byte {decode_error.start}): save it as "
+                    "CSV UTF-8 (a byte-order mark is fine)") from None

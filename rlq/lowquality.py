@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import csv
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from PIL import Image, ImageDraw
 
 from rlq.data import Evaluation, ReIDDataset, Sample, format_table
 from rlq.evaluation import extract_features, run_evaluation
+from rlq.files import read_csv_rows
 from rlq.masks import SIZE_BUCKETS, size_csv_name
 from rlq.transforms import DEGRADATIONS, degrade_for_eval, load_image
 
@@ -67,17 +67,16 @@ def read_size_buckets(path: Path) -> dict[tuple[str, str], str]:
     path = Path(path)
     if not path.is_file():
         raise SizeBucketError(f"size CSV '{path}' does not exist")
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        expected = ["Category", "Image", *SIZE_BUCKETS]
-        if reader.fieldnames != expected:
-            raise SizeBucketError(f"'{path}' has columns {reader.fieldnames}: expected {','.join(expected)}")
-        buckets = {}
-        for line, row in enumerate(reader, 2):
-            hot = [b for b in SIZE_BUCKETS if row[b].strip() in ("1", "1.0")]
-            if len(hot) != 1:
-                raise SizeBucketError(f"'{path}' line {line}: expected exactly one bucket set to 1, got {hot or 'none'}")
-            buckets[row["Category"].strip(), row["Image"].strip()] = hot[0]
+    header, rows = read_csv_rows(path, SizeBucketError)
+    expected = ["Category", "Image", *SIZE_BUCKETS]
+    if header != expected:
+        raise SizeBucketError(f"'{path}' has columns {header}: expected {','.join(expected)}")
+    buckets = {}
+    for line, row in enumerate(rows, 2):
+        hot = [b for b in SIZE_BUCKETS if row[b].strip() in ("1", "1.0")]
+        if len(hot) != 1:
+            raise SizeBucketError(f"'{path}' line {line}: expected exactly one bucket set to 1, got {hot or 'none'}")
+        buckets[row["Category"].strip(), row["Image"].strip()] = hot[0]
     return buckets
 
 

@@ -11,6 +11,7 @@ The strip drawing is shared with the labelled rankings of `evaluate.py --visuali
 from __future__ import annotations
 
 import csv
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import torch
 from accelerate import Accelerator
 from PIL import Image, ImageDraw, ImageOps
 
-from rlq.data import IMAGE_EXTENSIONS, Sample
+from rlq.data import IMAGE_EXTENSIONS, Sample, unreadable_images
 from rlq.evaluation import extract_features
 from rlq.transforms import load_image
 
@@ -56,6 +57,19 @@ def list_images(folder: Path) -> list[str]:
     if not paths:
         raise RankingError(f"'{folder}' holds no images (looked for {', '.join(IMAGE_EXTENSIONS)} files, recursively)")
     return paths
+
+
+def readable(paths: list[str], name: str) -> list[str]:
+    """`paths` without the files that cannot be decoded, with a warning listing those (one broken file must not stop a search)."""
+    problems = unreadable_images(_unlabelled(paths))
+    if problems:
+        warnings.warn(f"{name}: skipping {len(problems)} unreadable image(s):\n" + "\n".join(f"  {p}: {r}" for p, r in problems),
+                      stacklevel=2)
+    broken = {path for path, _ in problems}
+    kept = [p for p in paths if p not in broken]
+    if not kept:
+        raise RankingError(f"no {name} image could be read (all {len(paths)} failed to decode)")
+    return kept
 
 
 def _unlabelled(paths: list[str]) -> list[Sample]:
@@ -125,7 +139,7 @@ def rank_folders(
     """
     if top_k < 1:
         raise RankingError(f"top_k must be at least 1, got {top_k}")
-    paths = {"query": list_images(query_dir), "gallery": list_images(gallery_dir)}
+    paths = {name: readable(list_images(folder), name) for name, folder in (("query", query_dir), ("gallery", gallery_dir))}
     features = {name: extract_features(model, _unlabelled(p), accelerator, **loader_options) for name, p in paths.items()}
     if not accelerator.is_main_process:
         return None

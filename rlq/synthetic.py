@@ -52,6 +52,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
+from rlq.files import die_with_parent, remove_stale_temporaries
+
 # Bump whenever the output changes: caches written by another version are regenerated.
 GENERATOR_VERSION = 3
 
@@ -1063,7 +1065,7 @@ def _render_all(root: Path, seed: int, specs: tuple[ImageSpec, ...], workers: in
         return _render_chunk(root, seed, list(specs))
     n_chunks = workers * 4
     chunks = [list(specs[i::n_chunks]) for i in range(n_chunks)]
-    with ProcessPoolExecutor(workers, mp_context=_pool_context()) as pool:
+    with ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=die_with_parent) as pool:
         parts = list(pool.map(_render_chunk, [root] * n_chunks, [seed] * n_chunks, chunks))
     results: list = [None] * len(specs)
     for i, part in enumerate(parts):
@@ -1183,6 +1185,7 @@ def generate(out: Path, seed: int = 0, preset: str = "small", *, workers: int | 
     plan = build_plan(cfg, seed)
     workers = workers if workers is not None else os.cpu_count() or 1
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out.parent)  # the half-built folders of killed generations
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:

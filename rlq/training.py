@@ -8,19 +8,34 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import time
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
 from tqdm import tqdm
 
-from rlq.checkpoint import init_from_checkpoint, load_checkpoint, load_state_checked, plain, provenance, set_rng_states
-from rlq.data import DatasetLayoutError, ReIDDataset
+from rlq.checkpoint import (
+    CheckpointError,
+    init_from_checkpoint,
+    load_checkpoint,
+    load_state_checked,
+    plain,
+    provenance,
+    rng_states_of_all_processes,
+    save_atomic,
+    set_rng_states,
+)
+from rlq.data import DatasetLayoutError, ReIDDataset, unreadable_images, unreadable_report
 from rlq.diagnostics import diagnostics_text, evaluations_clothes_leakage
 from rlq.evaluation import evaluate_model, headline_key, results_table
-from rlq.files import write_text_atomic
+from rlq.files import remove_stale_temporaries, write_text_atomic
+from rlq.masks import mask_path
 from rlq.model import build_model
 from rlq.recolour import Recolouring, num_colours, widen_pid2clothes
 from rlq.transforms import DeferredTrainTransform, TrainTransform
@@ -30,7 +45,51 @@ TRAINING_STATE = ("optimizer", "clothes_optimizer", "scheduler", "scaler", "rng"
 
 
 class NonFiniteLoss(RuntimeError):
-    """A loss term became NaN or infinite: the run stops, keeping the last good checkpoint."""
+    """A loss term or a parameter became NaN, infinite or absurdly large: the run stops, keeping the last good checkpoint."""
+
+
+# A loss term or a weight this large means the run has diverged (healthy ones stay below about 100).
+DIVERGED = 1e6
+
+
+def check_parameters(model: torch.nn.Module, epoch: int, accelerator: Accelerator) -> None:
+    """Stop before a checkpoint is written if any weight is non-finite or diverged (every process holds the same weights)."""
+    named = list(accelerator.unwrap_model(model).named_parameters())
+    largest = torch.stack([p.detach().abs().max().float() for _, p in named]).cpu()
+    bad = [name for (name, _), value in zip(named, largest.tolist()) if not value < DIVERGED]  # NaN fails too
+    if bad:
+        raise NonFiniteLoss(f"the model's weights diverged in epoch {epoch} ({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} "
+                            "not finite or above 1e6): stopping without writing them; last.pt keeps the epochs before")
+
+
+def check_output(output: Path, resume: Path | None, overwrite: bool) -> None:
+    """A run folder that can be written, not holding another run unless asked to; stale temporaries removed."""
+    if output.exists() and not output.is_dir():
+        raise CheckpointError(f"--output '{output}' is a file: expected a folder for the run")
+    if (output / "last.pt").is_file() and resume is None and not overwrite:
+        raise CheckpointError(f"--output '{output}' holds another run's last.pt: continue that run with --resume {output}, "
+                              "or start a new one over it with --overwrite")
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        probe = output / f".write-test.{os.getpid()}.tmp"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise CheckpointError(f"cannot write to --output '{output}' ({error.strerror}): expected a writable folder") from None
+    remove_stale_temporaries(output)
+
+
+def check_images(samples: list, accelerator: Accelerator, enabled: bool) -> None:
+    """Decode every image once, before training (main process; all processes stop together with the list)."""
+    problems = [None]
+    if enabled and accelerator.is_main_process:
+        start = time.perf_counter()
+        problems = [unreadable_images(samples)]
+        accelerator.print(f"checked {len(samples)} images in {time.perf_counter() - start:.1f} s (--no-check-images skips this)")
+    if enabled:
+        problems = broadcast_object_list(problems)
+    if problems[0]:
+        raise DatasetLayoutError(unreadable_report(problems[0]))
 
 
 def eval_sets(dataset: ReIDDataset, select_on: str) -> tuple[dict, list]:
@@ -43,9 +102,19 @@ def eval_sets(dataset: ReIDDataset, select_on: str) -> tuple[dict, list]:
 
 
 def clothes_classes(dataset: ReIDDataset, masks: Path | None) -> tuple[Recolouring | None, np.ndarray]:
-    """The recolouring (None without masks) and the pid -> clothes matrix the CAL loss uses."""
+    """The recolouring (None without masks) and the pid -> clothes matrix the CAL loss uses.
+
+    Every training image must have its mask: checked here, before any training.
+    """
     if masks is None:
         return None, dataset.pid2clothes
+    if not masks.is_dir():
+        raise DatasetLayoutError(f"--masks '{masks}' is not a folder: expected the output of preprocess_masks.py")
+    missing = [s for s in dataset.train if not mask_path(masks, s).is_file()]
+    if missing:
+        shown = ", ".join(str(mask_path(masks, s)) for s in missing[:5])
+        raise DatasetLayoutError(f"--masks '{masks}' lacks the masks of {len(missing)} of {len(dataset.train)} training images "
+                                 f"(e.g. {shown}): run preprocess_masks.py over the whole training split")
     colours = num_colours(dataset.name)
     return Recolouring(masks, dataset.num_train_clothes, colours), widen_pid2clothes(dataset.pid2clothes, colours)
 
@@ -91,10 +160,11 @@ class LossLog:
         means = (self.accelerator.reduce(self.window, reduction="mean") / self.window_steps).tolist()
         named = dict(zip(self.names, means))
         first, last = self.steps, self.steps + self.window_steps - 1
-        if not all(math.isfinite(v) for v in means):
+        if not all(math.isfinite(v) and abs(v) < DIVERGED for v in means):
             shown = ", ".join(f"{k}={v:.4g}" for k, v in named.items())
             where = f"step {first}" if first == last else f"steps {first}-{last} (window means)"
-            raise NonFiniteLoss(f"non-finite loss in epoch {self.epoch}, {where}: {shown}; "
+            kind = "non-finite" if not all(math.isfinite(v) for v in means) else "diverging"
+            raise NonFiniteLoss(f"{kind} loss in epoch {self.epoch}, {where}: {shown}; "
                                 "stopping (the last good checkpoint is kept)")
         for k, v in named.items():
             self.totals[k] = self.totals.get(k, 0.0) + v * self.window_steps
@@ -182,18 +252,56 @@ def training_checkpoint(cfg, accelerator: Accelerator, *, model, clothes_classif
     return checkpoint
 
 
+def save_run(cfg, accelerator: Accelerator, improved: bool = False, extra: dict | None = None, **checkpoint_fields) -> None:
+    """last.pt (and first best.pt, when the evaluation improved) and metrics.json; call it on every process.
+
+    `checkpoint_fields` go to `training_checkpoint`; `extra` entries are added to the checkpoint.
+    """
+    rng = rng_states_of_all_processes()  # so that a resume restores each rank's own
+    if accelerator.is_main_process:
+        checkpoint = training_checkpoint(cfg, accelerator, rng=rng, **checkpoint_fields) | (extra or {})
+        if improved:
+            save_atomic(without_training_state(checkpoint), cfg.output / "best.pt")
+        save_atomic(checkpoint, cfg.output / "last.pt")
+        write_json_atomic(cfg.output / "metrics.json", {"best": checkpoint["best"], **checkpoint["history"]})
+
+
 def without_training_state(checkpoint: dict) -> dict:
     """best.pt: the model and how it was made, without what only a resume needs."""
     return {k: v for k, v in checkpoint.items() if k not in TRAINING_STATE}
 
 
+# Options a resumed run may change. The optimizer and schedule options are written into the restored
+# optimizer and scheduler (whose saved state would otherwise keep the old values); the others act on what
+# the run does from now on. Any other option changed is refused: it would not describe the checkpoint's run.
+RESUME_APPLIED = ("lr", "weight_decay", "milestones", "gamma")
+RESUME_FREE = ("epochs", "eval_every", "eval_batch_size", "num_workers", "log_every", "mixed_precision", "compile", "augment_on",
+               "check_images", "root", "external_root", "output", "resume", "overwrite", "max_steps_per_epoch", "pretrained",
+               "pretrained_weights", "init_from")
+
+
 def restore(checkpoint, cfg, model, clothes_classifier, optimizer, clothes_optimizer, scheduler, accelerator, source) -> None:
-    """Load a last.pt into the (not yet prepared) model, classifier, optimizers, scheduler, scaler and RNGs."""
+    """Load a last.pt into the (not yet prepared) model, classifier, optimizers, scheduler, scaler and RNGs.
+
+    Changed options are applied (`RESUME_APPLIED`: the new learning rate, weight decay, milestones and gamma
+    take effect as if the run had used them from the start), accepted (`RESUME_FREE`) or refused; the
+    change is recorded in the history's "resumes".
+    """
+    if "optimizer" not in checkpoint:
+        raise CheckpointError(f"{source} holds no training state (a best.pt is written for evaluation): "
+                              "resume from the run's last.pt, or give --resume the run folder")
+    before = checkpoint["config"]
+    changed = {k: [before[k], v] for k, v in plain(asdict(cfg)).items() if k != "resume" and k in before and before[k] != v}
+    refused = [k for k in changed if k not in RESUME_APPLIED + RESUME_FREE]
+    if refused:
+        raise CheckpointError(f"{source} was trained with other " + ", ".join(f"--{k.replace('_', '-')} ({before[k]})" for k in refused)
+                              + ": a resumed run must keep them; start a new run (--overwrite or another --output) to change them")
     load_state_checked(model, checkpoint["model"], source)
     load_state_checked(clothes_classifier, checkpoint["clothes_classifier"], f"{source} (clothes classifier)")
     optimizer.load_state_dict(checkpoint["optimizer"])
     clothes_optimizer.load_state_dict(checkpoint["clothes_optimizer"])
     scheduler.load_state_dict(checkpoint["scheduler"])
+    apply_optimizer_options(cfg, optimizer, clothes_optimizer, scheduler)
     if "scaler" in checkpoint and accelerator.scaler is not None:
         accelerator.scaler.load_state_dict(checkpoint["scaler"])
     states = checkpoint["rng"]
@@ -201,10 +309,27 @@ def restore(checkpoint, cfg, model, clothes_classifier, optimizer, clothes_optim
         accelerator.print(f"warning: {source} was written by {len(states)} processes, not {accelerator.num_processes}: "
                           "the run continues, but not bit-for-bit as it would have")
     set_rng_states(states[accelerator.process_index % len(states)])
-    changed = {k: (checkpoint["config"].get(k), v) for k, v in plain(asdict(cfg)).items()
-               if k != "resume" and checkpoint["config"].get(k) != v}
-    if changed:  # allowed (e.g. more --epochs), but the run no longer matches its first config
-        accelerator.print("options changed since the checkpoint: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()))
+    if changed:
+        accelerator.print("options changed since the checkpoint (applied from here on): "
+                          + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()))
+        checkpoint["history"].setdefault("resumes", []).append({"epoch": checkpoint["epoch"], "changed": changed})
+
+
+def apply_optimizer_options(cfg, optimizer, clothes_optimizer, scheduler) -> None:
+    """Write --lr, --weight-decay, --milestones and --gamma into restored optimizers and schedule.
+
+    The model's learning rate becomes what MultiStepLR gives at the schedule's epoch with the new
+    values: lr * gamma ** (milestones passed); the clothes classifier's is not scheduled.
+    """
+    scheduler.base_lrs = [cfg.lr] * len(optimizer.param_groups)
+    scheduler.milestones = Counter(cfg.milestones)
+    scheduler.gamma = cfg.gamma
+    lr = cfg.lr * cfg.gamma ** sum(1 for m in cfg.milestones if m <= scheduler.last_epoch)
+    for group in optimizer.param_groups:
+        group.update(lr=lr, initial_lr=cfg.lr, weight_decay=cfg.weight_decay)
+    for group in clothes_optimizer.param_groups:
+        group.update(lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler._last_lr = [lr] * len(optimizer.param_groups)
 
 
 def evaluate_and_select(model, dataset: ReIDDataset, splits: dict, evaluations: list, accelerator: Accelerator, *,

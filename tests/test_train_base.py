@@ -12,6 +12,7 @@ from conftest import TINY_RUN, launch_two_cpu_processes
 import evaluate
 import rlq
 import train_base
+from rlq import training
 from rlq.checkpoint import load_checkpoint
 from train_base import Config, NonFiniteLoss, main
 
@@ -71,18 +72,18 @@ class Killed(Exception):
 
 
 def test_resume_continues_exactly(tiny_run, synthetic_root, tmp_path, monkeypatch):
-    real_save = train_base.save_atomic
+    real_save = training.save_atomic
 
     def save_then_die(obj, path):
         real_save(obj, path)
         if path.name == "last.pt":
             raise Killed
 
-    monkeypatch.setattr(train_base, "save_atomic", save_then_die)
+    monkeypatch.setattr(training, "save_atomic", save_then_die)
     with pytest.raises(Killed):
         main(Config(root=synthetic_root, output=tmp_path, **TINY_RUN))
     assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1
-    monkeypatch.setattr(train_base, "save_atomic", real_save)
+    monkeypatch.setattr(training, "save_atomic", real_save)
 
     main(Config(root=synthetic_root, output=tmp_path, resume=tmp_path, **TINY_RUN))
     resumed, straight = load_checkpoint(tmp_path / "last.pt"), load_checkpoint(tiny_run / "last.pt")

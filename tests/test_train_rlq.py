@@ -11,6 +11,7 @@ from conftest import TINY_RUN
 from test_train_base import Killed, _assert_same_tensors
 
 import train_rlq
+from rlq import training
 from rlq.checkpoint import load_checkpoint
 from rlq.model import build_model
 from train_rlq import Config, main, tad_terms
@@ -106,17 +107,17 @@ def test_run_alternates_tad_and_cap_evaluates_and_checkpoints(rlq_run):
 
 def test_resume_after_a_tad_phase_continues_with_that_epochs_cap_phase(rlq_run, synthetic_root, attribute_files, tiny_run,
                                                                       tmp_path, monkeypatch):
-    real_save = train_rlq.save_atomic
+    real_save = training.save_atomic
 
     def save_then_die(obj, path):
         real_save(obj, path)
         if path.name == "last.pt" and obj["phase"] == "tad" and obj["epoch"] == 1:
             raise Killed
 
-    monkeypatch.setattr(train_rlq, "save_atomic", save_then_die)
+    monkeypatch.setattr(training, "save_atomic", save_then_die)
     with pytest.raises(Killed):
         _run(synthetic_root, attribute_files, tiny_run, tmp_path)
-    monkeypatch.setattr(train_rlq, "save_atomic", real_save)
+    monkeypatch.setattr(training, "save_atomic", real_save)
     killed = load_checkpoint(tmp_path / "last.pt")
     assert (killed["epoch"], killed["phase"]) == (1, "tad") and len(killed["history"]["tad"]) == 2
 
