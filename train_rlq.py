@@ -29,6 +29,7 @@ CE(o1) + CE(o2) + CE(pose) + CE(gender) + KL(o2 -> o1) + mean|cos(f2, f3)| + Tri
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,21 +39,13 @@ import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import ProjectConfiguration, set_seed
 
+import train_cgal
 from rlq.attributes import AttributeFileError, label_training_samples, num_pose_classes
 from rlq.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from rlq.data import DatasetLayoutError, hold_out_identities, load_dataset, summary_table
 from rlq.launch import LaunchError, check_launch, memory_format, mixed_precision
 from rlq.loaders import AttributedTrainImages, TADPairs, tad_loader, train_loader
-from rlq.losses import (
-    abs_cosine_loss,
-    clothes_adversarial_loss,
-    clothes_discriminator_loss,
-    cross_entropy_smooth,
-    normalized_mse,
-    softened_kl,
-    triplet_loss,
-)
-from rlq.metrics import accuracy, within_identity_accuracy
+from rlq.losses import normalized_mse, softened_kl
 from rlq.model import BaseModel, CosineClassifier, RLQModel
 from rlq.sampler import PKSampler
 from rlq.training import (
@@ -259,53 +252,10 @@ def tad_epoch(cfg, epoch, model, teacher, optimizer, loader, accelerator, global
 
 
 def cap_step(cfg, adversarial, batch, model, clothes_classifier, optimizer, clothes_optimizer, pid2clothes, accelerator):
-    """One CAP step on one batch of target images; returns the loss terms as device tensors (nothing is read back here)."""
-    images, pids, clothes, labels = batch
-    # [B, n, ...] with n = 2 when each image comes with its recoloured copy.
-    images = images.flatten(0, 1).to(accelerator.device, non_blocking=True, memory_format=memory_format(accelerator.device))
-    pids = pids.flatten().to(accelerator.device, non_blocking=True)
-    clothes = clothes.flatten().to(accelerator.device, non_blocking=True)
-    genders, poses = labels.flatten(0, 1).to(accelerator.device, non_blocking=True).unbind(1)
-    attributes = used_attributes(cfg)
-    disentangled = ("f1", "f2") if cfg.disentangle == "both" else (cfg.disentangle,)
-
-    out = model(images)
-    terms = {}
-    if adversarial:
-        # Discriminator step: the clothes classifier learns clothes from the detached f1.
-        terms["clothes_discriminator"] = clothes_discriminator_loss(clothes_classifier(out.f1.detach()), clothes)
-        clothes_optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(terms["clothes_discriminator"])
-        clothes_optimizer.step()
-    terms["id_f1"] = cross_entropy_smooth(out.id_logits_f1, pids)
-    terms["id_f2"] = cross_entropy_smooth(out.id_logits_f2, pids)
-    if "pose" in attributes:
-        terms["pose"] = cross_entropy_smooth(out.pose_logits, poses)
-    if "gender" in attributes:
-        terms["gender"] = cross_entropy_smooth(out.gender_logits, genders)
-    terms["kl"] = softened_kl(out.id_logits_f1, out.id_logits_f2)
-    if "pose" in attributes:
-        for name in disentangled:
-            terms[f"disentangle_{name}"] = abs_cosine_loss(getattr(out, name), out.f3)
-    terms["triplet"] = triplet_loss(out.f2, pids)
-    if adversarial:
-        # The updated discriminator's view of the live f1 (its own gradients from this pass are discarded).
-        with accelerator.no_sync(clothes_classifier):
-            cosines = clothes_classifier(out.f1)
-        terms["cal"] = clothes_adversarial_loss(cosines, clothes, pids, pid2clothes)
-    terms["total"] = torch.stack([v for k, v in terms.items() if k != "clothes_discriminator"]).sum()
-    if adversarial:  # how well the discriminator still tells this identity's outfits apart in f1 (not optimised)
-        terms["clothes_accuracy_within_id"] = within_identity_accuracy(cosines.detach(), clothes, pids, pid2clothes)
-    # Training accuracy of the attribute heads, logged beside the losses (after the total: not optimised).
-    if "pose" in attributes:
-        terms["pose_accuracy"] = accuracy(out.pose_logits, poses)
-    if "gender" in attributes:
-        terms["gender_accuracy"] = accuracy(out.gender_logits, genders)
-
-    optimizer.zero_grad(set_to_none=True)
-    accelerator.backward(terms["total"])
-    optimizer.step()
-    return terms
+    """One CAP step on one batch of target images: train_cgal.py's step, with the attributes of the student (none for
+    the base student of --tad-model base); returns the loss terms as device tensors."""
+    return train_cgal.train_step(dataclasses.replace(cfg, attributes=used_attributes(cfg)), adversarial, batch, model,
+                                 clothes_classifier, optimizer, clothes_optimizer, pid2clothes, accelerator)
 
 
 def cap_epoch(cfg, epoch, model, clothes_classifier, optimizer, clothes_optimizer, loader, pid2clothes, accelerator, global_step):
