@@ -134,7 +134,7 @@ class Config:
     overwrite: bool = False
     """Start a new run in an --output folder that holds another run's last.pt (without it, that is refused)."""
     check_images: bool = True
-    """Decode every training and evaluation image at start and stop with the list of unreadable ones (README: its time)."""
+    """Decode every training and evaluation image at start and stop with the list of unreadable ones (about 5 s per 10,000 images on 2 cores)."""
     max_steps_per_epoch: int | None = None
     """Cap on steps per epoch (quick runs and tests); by default an epoch is one pass of the P x K sampler."""
 

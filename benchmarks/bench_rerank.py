@@ -58,7 +58,7 @@ def dense_reranking(query: np.ndarray, gallery: np.ndarray) -> np.ndarray:
 
     def reciprocal_sets(k: int) -> list[np.ndarray]:
         forward = rank[:, :k]
-        mutual = (rank[forward][:, :, :k] == np.arange(n)[:, None, None]).any(-1)
+        mutual = (forward[forward] == np.arange(n)[:, None, None]).any(-1)
         return [forward[i][mutual[i]] for i in range(n)]
 
     own, halves = reciprocal_sets(K1 + 1), reciprocal_sets(half)
