@@ -9,6 +9,7 @@ the transforms, the evaluator) fails here, while seed noise does not.
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -46,6 +47,7 @@ def learned(synthetic_root, tmp_path_factory):
     output = tmp_path_factory.mktemp("learning")
     main(Config(root=synthetic_root, output=output, **LEARNING_RUN))
     metrics = json.loads((output / "metrics.json").read_text())
+    shutil.rmtree(output)  # only the metrics are read, and the checkpoints are large
     return metrics, load_dataset("synthetic", synthetic_root)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -89,7 +90,8 @@ def _run(synthetic_root, attribute_files, tiny_run, output, **options):
 def rlq_run(synthetic_root, attribute_files, tiny_run, tmp_path_factory):
     output = tmp_path_factory.mktemp("rlq")
     _run(synthetic_root, attribute_files, tiny_run, output)
-    return output
+    yield output
+    shutil.rmtree(output, ignore_errors=True)  # its checkpoints are large: CI's disk is not
 
 
 def test_run_alternates_tad_and_cap_evaluates_and_checkpoints(rlq_run):
