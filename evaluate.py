@@ -36,8 +36,10 @@ from rlq.diagnostics import dataset_clothes_leakage, diagnostics_text, lq_consis
 from rlq.evaluation import results_table, run_evaluation, run_reranked, run_single_shot, split_features
 from rlq.launch import LaunchError, check_launch, memory_format, mixed_precision
 from rlq.lowquality import SizeBucketError, degraded_features, low_quality_report, lq_sample_sheet
+from rlq.options import OptionError, at_least, between, output_file, output_folder
 from rlq.ranking import OTHER_IDENTITY_COLOUR, SAME_IDENTITY_COLOUR, RankingError, rank_folders, ranking_strip
 from rlq.rerank import RerankMemoryError
+from rlq.training import check_images
 
 
 @dataclass
@@ -94,6 +96,20 @@ class Args:
     """Gallery images per query in the --query-dir ranking (CSV and PNGs) and in the --visualize PNGs."""
     ranking_dir: Path = Path("ranking")
     """Folder of the --query-dir ranking: ranking.csv (query,rank,gallery,similarity) and one PNG per query."""
+    check_images: bool = True
+    """Decode every evaluated image before extracting features and stop with the list of unreadable ones."""
+
+
+def check_args(args: Args) -> None:
+    """Option values and output paths this run can use, checked before the model is loaded."""
+    at_least(1, batch_size=args.batch_size, top_k=args.top_k, rerank_k1=args.rerank_k1, rerank_k2=args.rerank_k2)
+    at_least(0, num_workers=args.num_workers, visualize=args.visualize, lq_samples=args.lq_samples)
+    between("rerank_lambda", args.rerank_lambda, 0, 1)
+    output_file(args.json, "--json")
+    output_file(args.save_features, "--save-features")
+    output_file(args.lq_samples_path if args.lq_samples else None, "--lq-samples-path")
+    output_folder(args.visualize_dir if args.visualize else None, "--visualize-dir")
+    output_folder(args.ranking_dir if args.query_dir is not None else None, "--ranking-dir")
 
 
 def check_finite_features(features: dict[str, torch.Tensor], checkpoint: Path) -> None:
@@ -166,6 +182,7 @@ def dataset_name(args: Args, checkpoint: dict) -> str:
 def main(args: Args) -> dict[str, dict]:
     """The metrics of every protocol, plus "diagnostics" (and "degraded", "size_buckets" when asked for), on the
     main process; {} on the others and when ranking --query-dir."""
+    check_args(args)
     accelerator = Accelerator(mixed_precision=mixed_precision(args.mixed_precision))
     check_launch(accelerator)
     checkpoint = load_checkpoint(args.checkpoint)
@@ -174,6 +191,8 @@ def main(args: Args) -> dict[str, dict]:
         rank_query_dir(args, checkpoint, model, accelerator)
         return {}
     dataset = load_dataset(dataset_name(args, checkpoint), args.root)
+    evaluated = dict.fromkeys(split for e in dataset.evaluations for split in (e.query_split, e.gallery_split))
+    check_images([s for split in evaluated for s in dataset.splits[split]], accelerator, args.check_images)
     height, width = checkpoint["input_size"]
     features = split_features(model, dataset.splits, dataset.evaluations, accelerator,
                               height=height, width=width, batch_size=args.batch_size, num_workers=args.num_workers)
@@ -219,5 +238,5 @@ if __name__ == "__main__":
 
     try:
         main(tyro.cli(Args))
-    except (CheckpointError, DatasetLayoutError, LaunchError, RankingError, RerankMemoryError, SizeBucketError) as error:
+    except (CheckpointError, DatasetLayoutError, LaunchError, OptionError, RankingError, RerankMemoryError, SizeBucketError) as error:
         sys.exit(f"error: {error}")

@@ -50,6 +50,7 @@ from rlq.masks import (
     write_mask_png,
 )
 from rlq.files import write_csv_atomic
+from rlq.options import OptionError, at_least, between, output_folder
 from rlq.pose import image_size
 
 
@@ -135,6 +136,10 @@ def run_jobs(jobs: list[Job], workers: int) -> list[Result]:
 
 
 def main(args: Args) -> None:
+    at_least(1, workers=args.workers)
+    between("min_fraction", args.min_fraction, 0, 1)
+    between("max_second_piece", args.max_second_piece, 0, 1)
+    output_folder(args.out, "--out")
     dataset = load_dataset(args.dataset, args.root)
     splits = list(dict.fromkeys(args.splits))  # a split named twice is processed once
     unknown = [s for s in splits if s not in dataset.splits]
@@ -161,5 +166,5 @@ if __name__ == "__main__":
 
     try:
         main(tyro.cli(Args))
-    except (DatasetLayoutError, MaskInputError) as error:
+    except (DatasetLayoutError, MaskInputError, OptionError) as error:
         sys.exit(f"error: {error}")

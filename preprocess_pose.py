@@ -23,6 +23,7 @@ import numpy as np
 
 from rlq.attributes import num_clusters
 from rlq.data import DatasetLayoutError, Sample, format_table, load_dataset
+from rlq.options import OptionError, at_least, output_file, output_folder
 from rlq.pose import (
     DEFAULT_KS,
     VARIANTS,
@@ -82,8 +83,17 @@ def skeleton_arrays(samples: list[Sample], matched: dict[int, PoseRecord]) -> tu
     """Indices of the samples with a skeleton, their keypoints [N, 17, 2] and image sizes [N, 2]."""
     indices = np.array(sorted(matched), dtype=np.int64)
     xy = np.stack([matched[i].keypoints[:, :2] for i in indices]) if len(indices) else np.zeros((0, 17, 2))
-    sizes = np.array([image_size(samples[i].path) for i in indices], dtype=np.float64).reshape(-1, 2)
+    sizes = np.array([readable_size(samples[i].path) for i in indices], dtype=np.float64).reshape(-1, 2)
     return indices, xy, sizes
+
+
+def readable_size(path: str) -> tuple[int, int]:
+    """(width, height) of an image, which scales its skeleton; an unreadable image is an error naming it."""
+    try:
+        return image_size(path)
+    except OSError as error:
+        raise DatasetLayoutError(f"cannot read the image '{path}' (its size scales the skeleton): {error}; "
+                                 "`python -m rlq.data --check-images` lists every unreadable image") from None
 
 
 def print_report(labels: dict[str, np.ndarray], inertias: dict[tuple[str, int], float]) -> None:
@@ -120,6 +130,9 @@ def write_figures(
 
 
 def main(args: Args) -> None:
+    at_least(1, n_init=args.n_init)
+    output_file(args.out, "--out")
+    output_folder(args.figures, "--figures")
     dataset = load_dataset(args.dataset, args.root)
     if args.split not in dataset.splits:
         raise DatasetLayoutError(f"{dataset.name} has no split '{args.split}': expected one of {', '.join(dataset.splits)}")
@@ -169,5 +182,5 @@ if __name__ == "__main__":
 
     try:
         main(tyro.cli(Args))
-    except (DatasetLayoutError, KeypointFileError, ClusteringError) as error:
+    except (DatasetLayoutError, KeypointFileError, ClusteringError, OptionError) as error:
         sys.exit(f"error: {error}")

@@ -40,6 +40,7 @@ from rlq.losses import (
 )
 from rlq.metrics import within_identity_accuracy
 from rlq.model import CosineClassifier
+from rlq.options import OptionError, check_training
 from rlq.sampler import PKSampler
 from rlq.training import (
     LossLog,
@@ -197,6 +198,7 @@ def train_one_epoch(cfg, epoch, model, clothes_classifier, optimizer, clothes_op
 
 def main(cfg: Config) -> dict:
     """Train; returns the best evaluation (epoch, top-1, mAP and all results) on the main process, None elsewhere."""
+    check_training(cfg)
     accelerator = Accelerator(
         mixed_precision=mixed_precision(cfg.mixed_precision),
         log_with="tensorboard",
@@ -281,5 +283,5 @@ if __name__ == "__main__":
 
     try:
         main(tyro.cli(Config))
-    except (NonFiniteLoss, CheckpointError, DatasetLayoutError, LaunchError) as error:
+    except (NonFiniteLoss, CheckpointError, DatasetLayoutError, LaunchError, OptionError) as error:
         sys.exit(f"error: {error}")

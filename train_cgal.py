@@ -44,6 +44,7 @@ from rlq.losses import (
 )
 from rlq.metrics import accuracy, within_identity_accuracy
 from rlq.model import CosineClassifier
+from rlq.options import OptionError, check_training
 from rlq.sampler import PKSampler
 from rlq.training import (
     LossLog,
@@ -230,6 +231,7 @@ def train_one_epoch(cfg, epoch, model, clothes_classifier, optimizer, clothes_op
 
 def main(cfg: Config) -> dict:
     """Train; returns the best evaluation (epoch, top-1, mAP and all results) on the main process, None elsewhere."""
+    check_training(cfg)
     # Without one of the attributes its head (gender) or branch (pose) gets no gradient: DDP must allow that.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=set(cfg.attributes) != {"gender", "pose"})
     accelerator = Accelerator(
@@ -318,5 +320,5 @@ if __name__ == "__main__":
 
     try:
         main(tyro.cli(Config))
-    except (NonFiniteLoss, CheckpointError, DatasetLayoutError, AttributeFileError, LaunchError, ValueError) as error:
+    except (NonFiniteLoss, CheckpointError, DatasetLayoutError, AttributeFileError, LaunchError, OptionError) as error:
         sys.exit(f"error: {error}")

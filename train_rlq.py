@@ -47,6 +47,7 @@ from rlq.launch import LaunchError, check_launch, memory_format, mixed_precision
 from rlq.loaders import AttributedTrainImages, TADPairs, tad_loader, train_loader
 from rlq.losses import normalized_mse, softened_kl
 from rlq.model import BaseModel, CosineClassifier, RLQModel
+from rlq.options import OptionError, check_training
 from rlq.sampler import PKSampler
 from rlq.training import (
     LossLog,
@@ -185,7 +186,7 @@ def with_attributes(cfg: Config, train: list) -> list:
     """The target training samples with gender / pose labels (unchanged for the base student)."""
     if cfg.tad_model == "base":
         if cfg.gender_csv is not None or cfg.pose_csv is not None:
-            raise ValueError("--tad-model base predicts no attributes: leave out --gender-csv and --pose-csv")
+            raise OptionError("--tad-model base predicts no attributes: leave out --gender-csv and --pose-csv")
         return train
     return label_training_samples(train, cfg.attributes, cfg.gender_csv, cfg.pose_csv, cfg.pose_column, cfg.missing_attributes)
 
@@ -275,6 +276,7 @@ def cap_epoch(cfg, epoch, model, clothes_classifier, optimizer, clothes_optimize
 
 def main(cfg: Config) -> dict:
     """Train; returns the best evaluation (epoch, top-1, mAP and all results) on the main process, None elsewhere."""
+    check_training(cfg)
     # The TAD step leaves the pose branch and the attribute heads without gradients: DDP must allow that.
     accelerator = Accelerator(
         mixed_precision=mixed_precision(cfg.mixed_precision),
@@ -381,5 +383,5 @@ if __name__ == "__main__":
 
     try:
         main(tyro.cli(Config))
-    except (NonFiniteLoss, CheckpointError, DatasetLayoutError, AttributeFileError, LaunchError, ValueError) as error:
+    except (NonFiniteLoss, CheckpointError, DatasetLayoutError, AttributeFileError, LaunchError, OptionError) as error:
         sys.exit(f"error: {error}")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from rlq.data import Sample
+from rlq.options import OptionError
 from rlq.files import read_csv_rows
 
 Missing = Literal["error", "zero"]
@@ -168,7 +169,7 @@ def label_training_samples(
 ) -> list[Sample]:
     """`samples` with the labels the training asks for (`attributes` holds "gender" and/or "pose"), read from their files."""
     if not attributes:
-        raise ValueError("--attributes needs gender, pose or both")
+        raise OptionError("--attributes needs gender, pose or both")
     for name, path in (("gender", gender_csv), ("pose", pose_csv)):
         if name in attributes and path is None:
             raise AttributeFileError(f"--attributes {name} needs --{name}-csv")

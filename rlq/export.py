@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rlq.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from rlq.options import OptionError, at_least, output_file
 
 
 class RetrievalNetwork(nn.Module):
@@ -60,11 +61,13 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--checkpoint", type=Path, required=True, help="best.pt / last.pt, or the authors' .pth.tar")
     parser.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
     parser.add_argument("--no-flip-sum", action="store_true", help="the image's feature alone, without its mirror image's")
-    parser.add_argument("--opset", type=int, default=18, help="ONNX opset")
+    parser.add_argument("--opset", type=int, default=18, help="ONNX opset (18 or more: the exporter's own)")
     args = parser.parse_args(argv)
     try:
+        at_least(18, opset=args.opset)  # below 18, torch's version conversion fails on this network
+        output_file(args.out, "--out")
         height, width = export(args.checkpoint, args.out, flip_sum=not args.no_flip_sum, opset=args.opset)
-    except CheckpointError as error:
+    except (CheckpointError, OptionError) as error:
         sys.exit(f"error: {error}")
     print(f"wrote {args.out}: images [batch, 3, {height}, {width}] (ImageNet-normalised) -> features [batch, D] (L2-normalised)")
     return args.out

@@ -28,6 +28,8 @@ from timm.models import load_state_dict
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from torch import Tensor, nn
 
+from rlq.options import OptionError
+
 __all__ = [
     "ReIDOutput",
     "PoolBNNeck",
@@ -126,20 +128,26 @@ def _remove_last_stride(trunk: ResNet) -> None:
     shortcut = block.downsample
     if not isinstance(block.aa, nn.Identity) or shortcut is None or not isinstance(shortcut[0], nn.Conv2d):
         # Anti-aliased or avg-down variants downsample outside the two convs.
-        raise ValueError("Only plain ResNets (strided conv in block and shortcut) are supported")
+        raise OptionError("--backbone: only plain ResNets (strided conv in block and shortcut) are supported, not the "
+                          "anti-aliased or avg-down variants")
     strided_conv.stride = (1, 1)
     shortcut[0].stride = (1, 1)
 
 
 def _load_trunk_weights(trunk: ResNet, path: str) -> None:
     """Load an ImageNet state dict from a local file, failing loudly on any mismatch."""
-    state_dict = {k: v for k, v in load_state_dict(path).items() if not k.startswith("fc.")}
+    try:
+        weights = load_state_dict(path)
+    except Exception as err:  # torch.load's and safetensors' errors of a damaged or foreign file
+        raise OptionError(f"cannot read --pretrained-weights '{path}' ({type(err).__name__}): expected the trunk's ImageNet "
+                          "state dict saved by torch.save (.pth) or safetensors") from None
+    state_dict = {k: v for k, v in weights.items() if not k.startswith("fc.")}
     try:
         result = trunk.load_state_dict(state_dict, strict=False)
     except RuntimeError as err:  # shape mismatches
-        raise ValueError(f"Weights in {path} do not fit the trunk: {err}") from err
+        raise OptionError(f"Weights in {path} do not fit the trunk: {err}") from err
     if result.missing_keys or result.unexpected_keys:
-        raise ValueError(
+        raise OptionError(
             f"Weights in {path} do not fit the trunk: missing {result.missing_keys}, "
             f"unexpected {result.unexpected_keys}"
         )
@@ -164,7 +172,7 @@ def create_trunk(
     from_hub = pretrained and pretrained_weights is None
     trunk = timm.create_model(backbone, pretrained=from_hub, num_classes=0)
     if not isinstance(trunk, ResNet):
-        raise ValueError(f"{backbone} is not a timm ResNet")
+        raise OptionError(f"--backbone {backbone} is not a timm ResNet: expected e.g. resnet50.tv_in1k or resnet18")
     if pretrained_weights is not None:
         _load_trunk_weights(trunk, pretrained_weights)
     _remove_last_stride(trunk)
@@ -286,7 +294,8 @@ class RLQModel(BaseModel):
         super().__init__(trunk, num_pids, split_after)
         _check_stage("pose_split_after", pose_split_after)
         if _LAYERS.index(pose_split_after) > _LAYERS.index(split_after):
-            raise ValueError("the pose branch must fork no later than the CAL/ID branches")
+            raise OptionError(f"--pose-split-after {pose_split_after} comes after --split-after {split_after}: the pose branch "
+                              "must fork no later than the CAL/ID branches")
         if gender_input not in ("f1", "f2", "concat"):
             raise ValueError(f"gender_input must be f1, f2 or concat, got {gender_input!r}")
         self.pose_split_after = pose_split_after

@@ -7,6 +7,8 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from torch.utils.data import Sampler
 
+from rlq.options import OptionError
+
 
 class PKSampler(Sampler[int]):
     """Yields this process's dataset indices for one epoch of P x K batches, flattened.
@@ -50,10 +52,9 @@ class PKSampler(Sampler[int]):
         identities, inverse, counts = np.unique(pids, return_inverse=True, return_counts=True)
         self.num_pids_per_batch = batch_size // num_instances
         if len(identities) < self.num_pids_per_batch:
-            raise ValueError(
-                f"{len(identities)} identities cannot fill one batch of "
-                f"{self.num_pids_per_batch} identities x {num_instances} images "
-                f"(batch_size={batch_size})"
+            raise OptionError(
+                f"--batch-size {batch_size}: {len(identities)} identities cannot fill one batch of "
+                f"{self.num_pids_per_batch} identities x {num_instances} images (--num-instances)"
             )
         # Dataset indices of each identity, in dataset order.
         order = np.argsort(inverse, kind="stable")
@@ -96,9 +97,9 @@ class PKSampler(Sampler[int]):
             batches = self._batches(self.epoch)
             usable = len(batches) - len(batches) % self.world_size
             if usable == 0:
-                raise ValueError(
-                    f"epoch {self.epoch} has {len(batches)} P x K batches, fewer than "
-                    f"world_size={self.world_size}: too few identities/images for this batch size"
+                raise OptionError(
+                    f"--batch-size: epoch {self.epoch} has {len(batches)} P x K batches, fewer than "
+                    f"the {self.world_size} processes: too few identities/images for this batch size"
                 )
             mine = batches[self.rank : usable : self.world_size]
             self._cache = (self.epoch, np.concatenate(mine))

@@ -20,10 +20,21 @@ import statistics
 from pathlib import Path
 
 from rlq.files import write_text_atomic
+from rlq.options import OptionError, output_file
 
 
 class SeedTableError(RuntimeError):
     """An input is missing or does not hold the evaluation the table needs."""
+
+
+def read_json(path: Path) -> dict:
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise SeedTableError(f"'{path}' is not JSON ({error}): expected evaluate.py --json output or a run's metrics.json") from None
+    if not isinstance(content, dict):
+        raise SeedTableError(f"'{path}' holds a JSON {type(content).__name__}: expected evaluate.py --json output or a run's metrics.json")
+    return content
 
 
 def read_run(path: Path, evaluation: str) -> dict:
@@ -32,7 +43,7 @@ def read_run(path: Path, evaluation: str) -> dict:
         metrics_path = path / "metrics.json"
         if not metrics_path.is_file():
             raise SeedTableError(f"'{path}' holds no metrics.json: expected a run folder of a training script")
-        metrics = json.loads(metrics_path.read_text())
+        metrics = read_json(metrics_path)
         best = metrics.get("best")
         if best is None:
             raise SeedTableError(f"'{metrics_path}' has no best evaluation yet")
@@ -44,7 +55,7 @@ def read_run(path: Path, evaluation: str) -> dict:
     else:
         if not path.is_file():
             raise SeedTableError(f"'{path}' does not exist: expected evaluate.py --json output or a run folder")
-        results = json.loads(path.read_text())
+        results = read_json(path)
     if evaluation not in results:
         raise SeedTableError(f"'{path}' has no '{evaluation}' evaluation (it has: {', '.join(sorted(results))})")
     return {"run": str(path), "top1": results[evaluation]["top1"], "mAP": results[evaluation]["mAP"]}
@@ -85,9 +96,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, required=True, help="writes OUT.md and OUT.json")
     args = parser.parse_args(argv)
     try:
+        output_file(args.out.with_suffix(".md"), "--out")
         rows = [read_run(path, args.evaluation) for path in args.runs]
         summary = summarise(rows)
-    except SeedTableError as error:
+    except (SeedTableError, OptionError) as error:
         parser.exit(1, f"error: {error}\n")
     text = markdown(rows, summary, args.evaluation)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -54,6 +54,11 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from rlq.files import die_with_parent, remove_stale_temporaries
 
+
+class SynthConfigError(ValueError):
+    """Sizes of the generated dataset that cannot make a clothes-changing dataset."""
+
+
 # Bump whenever the output changes: caches written by another version are regenerated.
 GENERATOR_VERSION = 3
 
@@ -312,7 +317,7 @@ class Wardrobe:
             return [sample_outfit(_rng(self.seed, _OUTFIT, PART_CODE[self.part], 1, *owner, o), gender) for o in range(count)]
         choices = [o for i, o in enumerate(self.outfits) if i % 2 == gender]
         if count > len(choices):
-            raise ValueError(f"a wardrobe of {self.size} has {len(choices)} outfits per gender, fewer than {count}")
+            raise SynthConfigError(f"a wardrobe of {self.size} has {len(choices)} outfits per gender, fewer than {count}")
         return [choices[i] for i in rng.choice(len(choices), count, replace=False)]
 
 
@@ -488,7 +493,7 @@ def plan_target(cfg: SynthConfig, seed: int) -> tuple[list[ImageSpec], list[tupl
             specs.append(ImageSpec(TARGET, len(specs), split, name,
                                    pid, outfit, identity, outfits[outfit], camera, 1))
     if frame >= 1_000_000:
-        raise ValueError("too many target images for 6-digit frame numbers")
+        raise SynthConfigError("too many target images for 6-digit frame numbers")
     _check_target_queries(specs)
     counts = _pose_record_counts(rng, len(specs))
     return [replace(s, pose_records=int(c)) for s, c in zip(specs, counts)], genders
@@ -551,7 +556,7 @@ def _validate(cfg: SynthConfig) -> None:
     ]
     errors = [message for failed, message in problems if failed]
     if errors:
-        raise ValueError("invalid synthetic config: " + "; ".join(errors))
+        raise SynthConfigError("invalid synthetic config: " + "; ".join(errors))
 
 
 def build_plan(cfg: SynthConfig, seed: int) -> Plan:
@@ -1167,7 +1172,7 @@ def _read_manifest(out: Path) -> dict | None:
 
 def _is_generated(out: Path) -> bool:
     """True for a missing or empty folder or one this generator wrote (safe to replace)."""
-    return not out.exists() or not any(out.iterdir()) or _read_manifest(out) is not None
+    return not out.exists() or (out.is_dir() and (not any(out.iterdir()) or _read_manifest(out) is not None))
 
 
 def generate(out: Path, seed: int = 0, preset: str = "small", *, workers: int | None = None,
@@ -1282,7 +1287,10 @@ def main(argv: list[str] | None = None) -> None:
     overrides = {f.name: getattr(args, f.name) for f in fields(SynthConfig) if getattr(args, f.name) is not None}
     overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
     start = time.perf_counter()
-    out = generate(args.out, args.seed, args.preset, workers=args.workers, **overrides)
+    try:
+        out = generate(args.out, args.seed, args.preset, workers=args.workers, **overrides)
+    except (SynthConfigError, FileExistsError) as error:
+        sys.exit(f"error: {error}")
     counts = json.loads((out / "manifest.json").read_text())["counts"]
     print(f"wrote {out} in {time.perf_counter() - start:.1f}s: {json.dumps(counts)}")
 

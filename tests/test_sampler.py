@@ -145,5 +145,5 @@ def test_argument_errors(kwargs, message):
 def test_error_when_epoch_has_fewer_batches_than_ranks():
     pids = list(range(4))  # 4 ids x 1 image: exactly one batch of P = 4
     sampler = PKSampler(pids, batch_size=16, rank=0, world_size=2)
-    with pytest.raises(ValueError, match="fewer than world_size=2"):
+    with pytest.raises(ValueError, match="fewer than the 2 processes"):
         len(sampler)

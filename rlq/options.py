@@ -1,0 +1,85 @@
+"""Checks of command-line options, made before any work: a value the scripts cannot use ends the run with one line
+that names the option and what it expects, not with a traceback from deep inside PyTorch minutes later."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import timm
+
+
+class OptionError(ValueError):
+    """A command-line option whose value the script cannot use."""
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def at_least(minimum: float, **options: float | int | tuple | None) -> None:
+    """Every option (field name = value; a tuple is checked element by element; None is left alone) is >= minimum."""
+    for name, value in options.items():
+        values = value if isinstance(value, tuple) else (value,)
+        bad = [v for v in values if v is not None and v < minimum]
+        if bad:
+            raise OptionError(f"{flag(name)} {' '.join(map(str, values))}: expected {minimum} or more")
+
+
+def positive(**options: float | None) -> None:
+    """Every option (field name = value) is > 0."""
+    for name, value in options.items():
+        if value is not None and not value > 0:
+            raise OptionError(f"{flag(name)} {value}: expected a number above 0")
+
+
+def between(name: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise OptionError(f"{flag(name)} {value}: expected a number from {low} to {high}")
+
+
+def output_folder(path: Path | None, option: str) -> None:
+    """`path` is (or can be made) a folder that this process can write in."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OptionError(f"{option} '{path}' is a file: expected a folder")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise OptionError(f"{option} '{path}': '{existing}' is a file, so this folder cannot be made")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OptionError(f"{option} '{path}': cannot write in '{existing}' (permission denied)")
+
+
+def output_file(path: Path | None, option: str) -> None:
+    """`path` is not a folder, and its folder is (or can be made) writable."""
+    if path is None:
+        return
+    if Path(path).is_dir():
+        raise OptionError(f"{option} '{path}' is a folder: expected a file name")
+    output_folder(Path(path).parent, f"{option} '{path}': its folder")
+
+
+def input_file(path: Path | None, option: str, expected: str) -> None:
+    if path is not None and not Path(path).is_file():
+        raise OptionError(f"{option} '{path}' does not exist: expected {expected}")
+
+
+def check_training(cfg) -> None:
+    """The options the three training scripts share (their Config dataclasses)."""
+    at_least(1, epochs=cfg.epochs, batch_size=cfg.batch_size, num_instances=cfg.num_instances, height=cfg.height,
+             width=cfg.width, eval_every=cfg.eval_every, eval_batch_size=cfg.eval_batch_size, log_every=cfg.log_every,
+             max_steps_per_epoch=cfg.max_steps_per_epoch, milestones=cfg.milestones)
+    at_least(0, cal_start_epoch=cfg.cal_start_epoch, num_workers=cfg.num_workers, weight_decay=cfg.weight_decay,
+             val_ids=cfg.val_ids)
+    positive(lr=cfg.lr, gamma=cfg.gamma)
+    if cfg.batch_size % cfg.num_instances:
+        raise OptionError(f"--batch-size {cfg.batch_size}: expected a multiple of --num-instances ({cfg.num_instances}), "
+                          "the images of each identity in a batch")
+    if not timm.is_model(cfg.backbone):
+        raise OptionError(f"--backbone {cfg.backbone}: timm has no such model; expected a plain timm ResNet such as "
+                          "resnet50.tv_in1k (the paper's) or resnet18")
+    input_file(cfg.pretrained_weights, "--pretrained-weights", "a file with the trunk's ImageNet state dict (.pth or .safetensors)")
+    if cfg.pretrained_weights is not None and not cfg.pretrained:
+        raise OptionError("--pretrained-weights is given with --no-pretrained: leave out one of them")
