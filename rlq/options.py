@@ -77,7 +77,8 @@ def check_training(cfg) -> None:
     if cfg.batch_size % cfg.num_instances:
         raise OptionError(f"--batch-size {cfg.batch_size}: expected a multiple of --num-instances ({cfg.num_instances}), "
                           "the images of each identity in a batch")
-    if not timm.is_model(cfg.backbone):
+    name, _, tag = cfg.backbone.partition(".")
+    if not timm.is_model(name) or (tag and cfg.backbone not in timm.list_pretrained(f"{name}.*")):
         raise OptionError(f"--backbone {cfg.backbone}: timm has no such model; expected a plain timm ResNet such as "
                           "resnet50.tv_in1k (the paper's) or resnet18")
     input_file(cfg.pretrained_weights, "--pretrained-weights", "a file with the trunk's ImageNet state dict (.pth or .safetensors)")

@@ -78,6 +78,7 @@ BAD_TRAINING_OPTIONS = [
     ({"lr": -1.0}, "--lr -1.0: expected a number above 0"),
     ({"gamma": 0.0}, "--gamma 0.0: expected a number above 0"),
     ({"backbone": "resnet9000"}, "--backbone resnet9000: timm has no such model"),
+    ({"backbone": "resnet18.no_such_weights"}, "--backbone resnet18.no_such_weights: timm has no such model"),
     ({"pretrained": True, "pretrained_weights": Path("/nowhere/r50.pth")}, "--pretrained-weights '/nowhere/r50.pth' does not exist"),
 ]
 
