@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import ctypes
 import io
+import json
 import os
 import re
 import shutil
@@ -81,6 +82,18 @@ def die_with_parent() -> None:
     """In a worker process: be killed (SIGTERM) when the parent dies, even by SIGKILL (Linux; elsewhere a no-op)."""
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def read_json_file(path: Path, kind: type, error: type[Exception], expected: str):
+    """The JSON value of `path`, which must be of `kind` (list, dict); anything else raises `error` naming the file and
+    `expected` (what the file should hold)."""
+    try:
+        content = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as decode_error:
+        raise error(f"'{path}' is not valid JSON ({decode_error}): expected {expected}") from None
+    if not isinstance(content, kind):
+        raise error(f"'{path}' holds a JSON {type(content).__name__}: expected {expected}")
+    return content
 
 
 def read_csv_rows(path: Path, error: type[Exception]) -> tuple[list[str], list[dict[str, str]]]:

@@ -21,7 +21,6 @@ Cluster labels are written 1..K; 0 means no skeleton was detected.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -33,7 +32,7 @@ from PIL import Image, ImageDraw, ImageOps
 from sklearn.cluster import KMeans
 
 from rlq.data import Sample
-from rlq.files import write_csv_atomic
+from rlq.files import read_json_file, write_csv_atomic
 
 NUM_KEYPOINTS = 17
 BODY_LINES = ((0, 1), (0, 2), (1, 3), (2, 4), (5, 6), (5, 7), (7, 9), (6, 8), (8, 10), (11, 13), (12, 14), (13, 15), (14, 16))
@@ -96,12 +95,7 @@ def read_alphapose(path: Path) -> list[PoseRecord]:
     path = Path(path)
     if not path.is_file():
         raise KeypointFileError(f"keypoint file '{path}' does not exist: expected {_RECORD_FORMAT}")
-    try:
-        items = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise KeypointFileError(f"'{path}' is not valid JSON ({error}): expected {_RECORD_FORMAT}") from error
-    if not isinstance(items, list):
-        raise KeypointFileError(f"'{path}' holds a JSON {type(items).__name__}: expected {_RECORD_FORMAT}")
+    items = read_json_file(path, list, KeypointFileError, _RECORD_FORMAT)
     return [_record(item, index, path) for index, item in enumerate(items)]
 
 

@@ -19,7 +19,7 @@ import json
 import statistics
 from pathlib import Path
 
-from rlq.files import write_text_atomic
+from rlq.files import read_json_file, write_text_atomic
 from rlq.options import OptionError, output_file
 
 
@@ -28,13 +28,7 @@ class SeedTableError(RuntimeError):
 
 
 def read_json(path: Path) -> dict:
-    try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise SeedTableError(f"'{path}' is not JSON ({error}): expected evaluate.py --json output or a run's metrics.json") from None
-    if not isinstance(content, dict):
-        raise SeedTableError(f"'{path}' holds a JSON {type(content).__name__}: expected evaluate.py --json output or a run's metrics.json")
-    return content
+    return read_json_file(path, dict, SeedTableError, "evaluate.py --json output or a run's metrics.json")
 
 
 def read_run(path: Path, evaluation: str) -> dict:

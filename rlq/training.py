@@ -37,6 +37,7 @@ from rlq.evaluation import evaluate_model, headline_key, results_table
 from rlq.files import remove_stale_temporaries, write_text_atomic
 from rlq.masks import mask_path
 from rlq.model import build_model
+from rlq.options import output_folder
 from rlq.recolour import Recolouring, num_colours, widen_pid2clothes
 from rlq.transforms import DeferredTrainTransform, TrainTransform
 
@@ -64,8 +65,7 @@ def check_parameters(model: torch.nn.Module, epoch: int, accelerator: Accelerato
 
 def check_output(output: Path, resume: Path | None, overwrite: bool) -> None:
     """A run folder that can be written, not holding another run unless asked to; stale temporaries removed."""
-    if output.exists() and not output.is_dir():
-        raise CheckpointError(f"--output '{output}' is a file: expected a folder for the run")
+    output_folder(output, "--output")
     if (output / "last.pt").is_file() and resume is None and not overwrite:
         raise CheckpointError(f"--output '{output}' holds another run's last.pt: continue that run with --resume {output}, "
                               "or start a new one over it with --overwrite")
