@@ -45,6 +45,7 @@ from rlq.sampler import PKSampler
 from rlq.training import (
     LossLog,
     NonFiniteLoss,
+    PassTimer,
     adam,
     check_images,
     check_output,
@@ -258,10 +259,11 @@ def main(cfg: Config) -> dict:
         evaluate_and_save(start_epoch - 1)  # the run stopped between writing last.pt and evaluating that epoch
     for epoch in range(start_epoch, cfg.epochs):
         sampler.set_epoch(epoch)
-        first_step = global_step
+        first_step, timer = global_step, PassTimer(accelerator.device)
         losses, global_step = train_one_epoch(cfg, epoch, model, clothes_classifier, optimizer, clothes_optimizer,
                                               loader, pid2clothes, accelerator, global_step)
-        history["train"].append({"epoch": epoch, "steps": global_step - first_step, "lr": scheduler.get_last_lr()[0], **losses})
+        history["train"].append({"epoch": epoch, "steps": global_step - first_step, "lr": scheduler.get_last_lr()[0],
+                                 **timer.record(), **losses})
         scheduler.step()
         accelerator.print(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items()))
 

@@ -52,6 +52,7 @@ from rlq.sampler import PKSampler
 from rlq.training import (
     LossLog,
     NonFiniteLoss,
+    PassTimer,
     adam,
     check_images,
     check_output,
@@ -349,19 +350,21 @@ def main(cfg: Config) -> dict:
     for epoch in range(start_epoch, cfg.epochs):
         if not (skip_tad and epoch == start_epoch):
             tad_sampler.set_epoch(epoch)
-            first_step = global_step
+            first_step, timer = global_step, PassTimer(accelerator.device)
             losses, global_step = tad_epoch(cfg, epoch, model, teacher, optimizer, tad_batches, accelerator, global_step)
-            history["tad"].append({"epoch": epoch, "steps": global_step - first_step, "lr": scheduler.get_last_lr()[0], **losses})
+            history["tad"].append({"epoch": epoch, "steps": global_step - first_step, "lr": scheduler.get_last_lr()[0],
+                                   **timer.record(), **losses})
             accelerator.print(f"epoch {epoch} TAD: " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items()))
             check_parameters(model, epoch, accelerator)
             save_last(epoch, "tad")  # `epoch` epochs complete, and this one's TAD pass
             accelerator.wait_for_everyone()
 
         sampler.set_epoch(epoch)
-        first_step = global_step
+        first_step, timer = global_step, PassTimer(accelerator.device)
         losses, global_step = cap_epoch(cfg, epoch, model, clothes_classifier, optimizer, clothes_optimizer,
                                         loader, pid2clothes, accelerator, global_step)
-        history["train"].append({"epoch": epoch, "steps": global_step - first_step, "lr": scheduler.get_last_lr()[0], **losses})
+        history["train"].append({"epoch": epoch, "steps": global_step - first_step, "lr": scheduler.get_last_lr()[0],
+                                 **timer.record(), **losses})
         scheduler.step()
         accelerator.print(f"epoch {epoch} CAP: " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items()))
 

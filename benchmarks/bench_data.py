@@ -11,8 +11,8 @@ half PNG) and bit-field clothes masks in preprocess_masks.py's format:
 - eval: `eval_loader` (feature extraction).
 
 It then prints how many workers per GPU each pipeline needs to feed a GPU step rate: the
-`--train-json` of bench_train.py (our measured step), or else the anchor, 1,600 images/s (the
-bf16 + channels_last CAL step on one H100), counted in the pipeline's items (an item is one
+`--train-json` of bench_train.py (our measured step), or else an assumed 1,600 images/s (a planning
+figure for the bf16 + channels_last CAL step on one H100-class GPU, not a measurement), counted in the pipeline's items (an item is one
 image for base, two network images for cap, and three for tad: HQ + LQ for the student, HQ for
 the teacher).
 
@@ -64,6 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-json", type=Path, default=None, help="bench_train.py --json output: the step rates to feed")
     p.add_argument("--folder", type=Path, default=None, help="generate the crops here (default: a temporary folder)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = p.parse_args(argv)
     if args.workers is None:
         cores = os.cpu_count() or 1
@@ -149,7 +150,7 @@ def needed_rates(train_json: Path | None) -> tuple[dict[str, float], str]:
     """Items/s each pipeline must deliver to one GPU, and where the figure comes from."""
     if train_json is None:
         return ({k: ANCHOR_IMAGES_PER_S / n for k, n in NETWORK_IMAGES_PER_ITEM.items()},
-                f"the anchor's {ANCHOR_IMAGES_PER_S:.0f} images/s (bf16 CAL step, one H100)")
+                f"an assumed {ANCHOR_IMAGES_PER_S:.0f} images/s (a planning figure for the bf16 CAL step on one GPU, not measured)")
     results = json.loads(train_json.read_text())["results"]
     # bench_train's CAP batches have no recoloured copies: with masks each item is two network images.
     rates = {"base": results["base"]["ours"]["images_per_s"], "cap": results["cap"]["ours"]["images_per_s"] / 2,
@@ -188,6 +189,8 @@ def main(argv: list[str] | None = None) -> dict:
     over = [p for p, r in report.items() if r["workers"] and r["workers"] > 8]
     if over:
         print(f"more than 8 workers per GPU needed for: {', '.join(over)}")
+    if args.json is not None:
+        args.json.write_text(json.dumps({"need_from": source, "pipelines": report}, indent=2) + "\n")
     return report
 
 

@@ -15,12 +15,14 @@ classic Market-1501 / CAL evaluators.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shlex
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -33,7 +35,7 @@ METRIC_KEYS = ("top1", "top5", "top10", "top20", "mAP", "mINP")
 TOLERANCE = 1e-4
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--queries", type=int, default=2000)
     p.add_argument("--gallery", type=int, default=20000)
@@ -53,7 +55,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--skip-reference", action="store_true",
                    help="time evaluate only (the reference takes minutes at LaST size)")
     p.add_argument("--seed", type=int, default=0)
-    return p.parse_args()
+    p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    return p.parse_args(argv)
 
 
 def make_data(args: argparse.Namespace) -> dict[str, np.ndarray]:
@@ -164,8 +167,9 @@ def cpu_parallel_speedup() -> float:
         torch.set_num_threads(threads)
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> dict:
+    """Times and metrics per protocol; "failures" counts protocols where the two evaluators disagree."""
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -178,12 +182,13 @@ def main() -> None:
     on_device = {k: torch.from_numpy(v).to(device) for k, v in data.items()}
     for key in ("query_features", "gallery_features"):
         on_device[key] = on_device[key].to(getattr(torch, args.dtype))
-        data[key] = on_device[key].float().cpu().numpy()  # the reference sees the same values
+        if not args.skip_reference:
+            data[key] = on_device[key].float().cpu().numpy()  # the reference sees the same values
     kind = "pure random" if args.pure_random else f"identity centres + noise {args.noise}"
     print(f"data: {args.queries} queries x {args.gallery} gallery, dim {args.dim}, {args.ids} ids, "
           f"{args.cameras} cameras, {kind}, features {args.dtype} on {device}")
 
-    failures = 0
+    failures, report = 0, {}
     for protocol in args.protocols:
         def fast_run() -> dict:
             return evaluate(**on_device, protocol=protocol, chunk_size=args.chunk_size)
@@ -204,6 +209,7 @@ def main() -> None:
         fast_s = min(fast_times)
         summary = ", ".join(f"{k} {fast[k]:.4f}" for k in METRIC_KEYS)
         print(f"\n[{protocol}] {summary}, valid queries {fast['num_valid_queries']}")
+        report[protocol] = {"seconds": fast_s, "metrics": fast}
         if args.skip_reference:
             print(f"[{protocol}] rlq.metrics.evaluate {fast_s * 1e3:.1f} ms")
             continue
@@ -212,12 +218,17 @@ def main() -> None:
         diff = max(abs(fast[k] - ref[k]) for k in METRIC_KEYS)
         same = diff <= TOLERANCE and fast["num_valid_queries"] == ref["num_valid_queries"]
         failures += not same
+        report[protocol] |= {"reference_seconds": ref_s, "ratio": ref_s / fast_s, "max_difference": diff, "same": same}
         print(f"[{protocol}] rlq.metrics.evaluate {fast_s * 1e3:.1f} ms | per-query numpy reference "
               f"{ref_s * 1e3:.1f} ms | speed-up {ref_s / fast_s:.1f}x (rounds {min(rounds):.1f}x to "
               f"{max(rounds):.1f}x) | max metric difference {diff:.2e} ({'same' if same else 'MISMATCH'})")
     print(f"\nCPU parallel speed-up at end: {cpu_parallel_speedup():.2f}x on {torch.get_num_threads()} threads")
-    sys.exit(1 if failures else 0)
+    report = {"sizes": {"queries": args.queries, "gallery": args.gallery, "dim": args.dim}, "device": str(device),
+              "protocols": report, "failures": failures}
+    if args.json is not None:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return report
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(1 if main()["failures"] else 0)

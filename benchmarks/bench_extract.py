@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import tempfile
@@ -46,6 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mixed-precision", default="auto", choices=["auto", "no", "bf16", "fp16"])
     p.add_argument("--workers", type=int, default=2, help="loader workers of the end-to-end pass")
     p.add_argument("--crops", type=int, default=None, help="generated crops of the end-to-end pass (default: 512 CPU, 4096 CUDA)")
+    p.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = p.parse_args(argv)
     gpu = args.device == "cuda"
     defaults = {"backbone": "resnet50.tv_in1k" if gpu else "resnet18", "height": 384 if gpu else 64, "width": 192 if gpu else 32,
@@ -124,8 +126,11 @@ def main(argv: list[str] | None = None) -> dict:
         end_to_end = len(samples) / (time.perf_counter() - start)
     print(f"\nend to end (rlq.evaluation.extract_features, {args.crops} generated crops 50-400 px tall, "
           f"{args.workers} workers, their start-up included): {end_to_end:.1f} images/s")
-    return {"reference": reference_rate, "ours": our_rate, "ratio": our_rate / reference_rate, "min_cosine": agreement,
-            "end_to_end": end_to_end, "reference_peak_mib": reference_peak, "ours_peak_mib": our_peak}
+    result = {"reference": reference_rate, "ours": our_rate, "ratio": our_rate / reference_rate, "min_cosine": agreement,
+              "end_to_end": end_to_end, "reference_peak_mib": reference_peak, "ours_peak_mib": our_peak}
+    if args.json is not None:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return result
 
 
 if __name__ == "__main__":

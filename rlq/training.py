@@ -180,6 +180,25 @@ class LossLog:
         return {k: v / self.steps for k, v in self.totals.items()}, self.global_step
 
 
+class PassTimer:
+    """Wall time and, on a GPU, peak allocated memory of one training pass: recorded beside its losses in metrics.json.
+
+    Start it just before the pass; `record()` after `LossLog.close()`, whose read-back has synchronised the device.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        self.start = time.perf_counter()
+
+    def record(self) -> dict[str, float]:
+        record = {"seconds": round(time.perf_counter() - self.start, 3)}
+        if self.device.type == "cuda":
+            record["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
+        return record
+
+
 def train_transform(augment_on: str, height: int, width: int, device: torch.device) -> TrainTransform:
     """--augment-on: the training augmentation finished in the loader workers, or batched on the training device
     (auto: on the device when it is a GPU, which takes most per-image work off the workers)."""

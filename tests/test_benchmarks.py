@@ -73,7 +73,7 @@ def test_bench_data_counts_the_workers_each_pipeline_needs(tmp_path):
         assert row["items_per_s"][1] > 0 and row["per_worker"] == row["items_per_s"][1]
         if name.startswith("eval"):
             assert row["need"] is None and row["workers"] is None
-        else:  # the anchor's 1,600 images/s, in the pipeline's items
+        else:  # the assumed 1,600 images/s, in the pipeline's items
             assert row["need"] == pytest.approx(1600 / {"base": 1, "cap": 2, "tad": 3}[name.split()[0]])
             assert row["workers"] == -(-row["need"] // row["per_worker"])
 

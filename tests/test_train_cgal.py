@@ -34,8 +34,8 @@ def cgal_run(synthetic_root, attribute_files, tmp_path_factory):
 
 def test_run_trains_every_cap_term_evaluates_and_checkpoints(cgal_run):
     metrics = json.loads((cgal_run / "metrics.json").read_text())
-    assert set(metrics["train"][0]) - {"epoch", "steps", "lr"} == CAP_TERMS  # before --cal-start-epoch
-    assert set(metrics["train"][1]) - {"epoch", "steps", "lr"} == CAP_TERMS | ADVERSARIAL_TERMS
+    assert set(metrics["train"][0]) - {"epoch", "steps", "lr", "seconds"} == CAP_TERMS  # before --cal-start-epoch
+    assert set(metrics["train"][1]) - {"epoch", "steps", "lr", "seconds"} == CAP_TERMS | ADVERSARIAL_TERMS
     assert [e["epoch"] for e in metrics["evaluations"]] == [0, 1] and set(metrics["evaluations"][0]["results"]) == {"standard", "cc", "sc"}
     last = load_checkpoint(cgal_run / "last.pt")
     assert (cgal_run / "best.pt").is_file() and last["epoch"] == 2
@@ -82,6 +82,6 @@ def test_ablation_switches_choose_the_loss_terms(synthetic_root, attribute_files
     options = TINY_RUN | {"epochs": 1, "max_steps_per_epoch": 1, "cal_start_epoch": 5}
     main(Config(root=synthetic_root, output=tmp_path, gender_csv=gender_csv, pose_csv=pose_csv, **options, **switches))
     last = load_checkpoint(tmp_path / "last.pt")
-    assert set(last["history"]["train"][0]) - {"epoch", "steps", "lr"} == terms
+    assert set(last["history"]["train"][0]) - {"epoch", "steps", "lr", "seconds"} == terms
     gender_inputs = 2 * 1024 if switches.get("gender_input") == "concat" else 1024
     assert last["model"]["gender_classifier.weight"].shape == (2, gender_inputs)

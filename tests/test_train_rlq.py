@@ -97,8 +97,9 @@ def rlq_run(synthetic_root, attribute_files, tiny_run, tmp_path_factory):
 def test_run_alternates_tad_and_cap_evaluates_and_checkpoints(rlq_run):
     metrics = json.loads((rlq_run / "metrics.json").read_text())
     assert [e["epoch"] for e in metrics["tad"]] == [0, 1] and [e["epoch"] for e in metrics["train"]] == [0, 1]
-    assert all(set(e) - {"epoch", "steps", "lr"} == TAD_TERMS and e["steps"] == 3 for e in metrics["tad"])
-    assert set(metrics["train"][1]) - {"epoch", "steps", "lr"} == CAP_TERMS | ADVERSARIAL_TERMS
+    assert all(set(e) - {"epoch", "steps", "lr", "seconds"} == TAD_TERMS and e["steps"] == 3 for e in metrics["tad"])
+    assert set(metrics["train"][1]) - {"epoch", "steps", "lr", "seconds"} == CAP_TERMS | ADVERSARIAL_TERMS
+    assert all(e["seconds"] > 0 and "peak_gpu_mib" not in e for e in metrics["tad"] + metrics["train"])  # wall time per pass
     assert [e["epoch"] for e in metrics["evaluations"]] == [0, 1]
     last = load_checkpoint(rlq_run / "last.pt")
     assert last["epoch"] == 2 and last["phase"] == "cap" and last["arch"] == "rlq"
@@ -142,8 +143,8 @@ def test_ablation_switches_choose_the_loss_terms(synthetic_root, attribute_files
     config = dict(teacher=tiny_run / "last.pt", root=synthetic_root, output=tmp_path, gender_csv=gender_csv, pose_csv=pose_csv)
     main(Config(**(config | options | switches)))
     history = load_checkpoint(tmp_path / "last.pt")["history"]
-    assert set(history["tad"][0]) - {"epoch", "steps", "lr"} == tad
-    assert set(history["train"][0]) - {"epoch", "steps", "lr"} == cap
+    assert set(history["tad"][0]) - {"epoch", "steps", "lr", "seconds"} == tad
+    assert set(history["train"][0]) - {"epoch", "steps", "lr", "seconds"} == cap
 
 
 def test_base_student_refuses_attribute_files(synthetic_root, attribute_files, tiny_run, tmp_path):

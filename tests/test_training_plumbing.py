@@ -1,13 +1,16 @@
-"""The step-loop plumbing of the training scripts: the loss log read back per window, Adam, the device defaults."""
+"""The step-loop plumbing of the training scripts: the loss log read back per window, the pass timer, Adam, the device
+defaults."""
 
 from __future__ import annotations
+
+import time
 
 import pytest
 import torch
 from accelerate import Accelerator
 
 from rlq.launch import memory_format, mixed_precision
-from rlq.training import LossLog, NonFiniteLoss, adam, train_transform
+from rlq.training import LossLog, NonFiniteLoss, PassTimer, adam, train_transform
 from rlq.transforms import DeferredTrainTransform, TrainTransform
 
 
@@ -86,3 +89,10 @@ def test_cpu_defaults_are_fp32_nchw_with_augmentation_in_the_workers():
     assert type(train_transform("auto", 64, 32, torch.device("cuda"))) is DeferredTrainTransform
     assert type(train_transform("device", 64, 32, cpu)) is DeferredTrainTransform
     assert type(train_transform("workers", 64, 32, torch.device("cuda"))) is TrainTransform
+
+
+def test_pass_timer_records_the_wall_time_and_no_gpu_memory_on_cpu():
+    timer = PassTimer(torch.device("cpu"))
+    time.sleep(0.05)
+    record = timer.record()
+    assert set(record) == {"seconds"} and 0.05 <= record["seconds"] < 5
