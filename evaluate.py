@@ -21,6 +21,7 @@ the whole feature and, with --degrade, how close each degraded feature stays to 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from accelerate import Accelerator
 from rlq.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from rlq.data import DatasetLayoutError, Evaluation, Sample, load_dataset
 from rlq.diagnostics import dataset_clothes_leakage, diagnostics_text, lq_consistency
-from rlq.evaluation import results_table, run_evaluation, run_reranked, run_single_shot, split_features
+from rlq.evaluation import results_table, run_evaluation, run_protocols, run_reranked, run_single_shot, split_features
 from rlq.launch import LaunchError, check_launch, memory_format, mixed_precision
 from rlq.lowquality import SizeBucketError, degraded_features, low_quality_report, lq_sample_sheet
 from rlq.options import OptionError, at_least, between, output_file, output_folder
@@ -202,8 +203,15 @@ def main(args: Args) -> dict[str, dict]:
     if not accelerator.is_main_process:
         return {}
     run = run_single_shot if args.gallery_protocol == "single-shot" else run_evaluation
-    results = {e.name: run(e, dataset.splits, features) for e in dataset.evaluations}
-    print(f"{args.checkpoint} on {dataset.name} ({dataset.root}), {args.gallery_protocol} gallery:\n{results_table(results)}")
+    results, missing = run_protocols(dataset.evaluations, dataset.splits, lambda e: run(e, dataset.splits, features))
+    if not results:
+        raise DatasetLayoutError(f"no protocol of {dataset.name} ({dataset.root}) has a valid query: "
+                                 + "; ".join(missing.values()))
+    print(f"{args.checkpoint} on {dataset.name} ({dataset.root}), {args.gallery_protocol} gallery:\n{results_table(results)}"
+          + "".join(f"\n{line}" for line in missing.values()))
+    # From here on only the protocols that measure something (degraded, per size bucket, re-ranked, diagnostics).
+    dataset = dataclasses.replace(dataset, evaluations=[e for e in dataset.evaluations if e.name in results],
+                                  headline=dataset.headline if dataset.headline in results else next(iter(results)))
     if args.rerank:
         options = dict(k1=args.rerank_k1, k2=args.rerank_k2, lambda_value=args.rerank_lambda)
         reranked = {e.name: run_reranked(e, dataset.splits, features, accelerator.device, **options) for e in dataset.evaluations}
@@ -215,6 +223,8 @@ def main(args: Args) -> dict[str, dict]:
     results |= extra  # "degraded" and "size_buckets", when asked for
     if args.rerank:
         results["reranked"] = reranked
+    if missing:
+        results["no_valid_query"] = missing
     diagnostics = {"clothes_leakage": dataset_clothes_leakage(dataset, features, model.feature_dim),
                    "lq_consistency": lq_consistency(features, degraded)}
     print(diagnostics_text(diagnostics))

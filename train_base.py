@@ -28,7 +28,7 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 
 from rlq.checkpoint import CheckpointError, load_checkpoint
-from rlq.data import DatasetLayoutError, hold_out_identities, load_dataset, summary_table
+from rlq.data import DatasetLayoutError, check_training_identities, hold_out_identities, load_dataset, summary_table
 from rlq.launch import LaunchError, check_launch, memory_format, mixed_precision
 from rlq.loaders import TrainImages, train_loader
 from rlq.losses import (
@@ -206,9 +206,9 @@ def main(cfg: Config) -> dict:
         project_config=ProjectConfiguration(project_dir=str(cfg.output), logging_dir=str(cfg.output / "tensorboard")),
     )
     check_launch(accelerator)
-    check_output(cfg.output, cfg.resume, cfg.overwrite)
+    check_output(cfg.output, cfg.resume, cfg.overwrite, accelerator)
     set_seed(cfg.seed + accelerator.process_index)
-    dataset = hold_out_identities(load_dataset(cfg.dataset, cfg.root), cfg.val_ids, cfg.val_seed)
+    dataset = check_training_identities(hold_out_identities(load_dataset(cfg.dataset, cfg.root), cfg.val_ids, cfg.val_seed))
     splits, evaluations = eval_sets(dataset, cfg.select_on)
     accelerator.print(summary_table(dataset))
 

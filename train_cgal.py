@@ -31,7 +31,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 
 from rlq.attributes import AttributeFileError, label_training_samples, num_pose_classes
 from rlq.checkpoint import CheckpointError, load_checkpoint
-from rlq.data import DatasetLayoutError, hold_out_identities, load_dataset, summary_table
+from rlq.data import DatasetLayoutError, check_training_identities, hold_out_identities, load_dataset, summary_table
 from rlq.launch import LaunchError, check_launch, memory_format, mixed_precision
 from rlq.loaders import AttributedTrainImages, train_loader
 from rlq.losses import (
@@ -242,9 +242,9 @@ def main(cfg: Config) -> dict:
         kwargs_handlers=[ddp],
     )
     check_launch(accelerator)
-    check_output(cfg.output, cfg.resume, cfg.overwrite)
+    check_output(cfg.output, cfg.resume, cfg.overwrite, accelerator)
     set_seed(cfg.seed + accelerator.process_index)
-    dataset = hold_out_identities(load_dataset(cfg.dataset, cfg.root), cfg.val_ids, cfg.val_seed)
+    dataset = check_training_identities(hold_out_identities(load_dataset(cfg.dataset, cfg.root), cfg.val_ids, cfg.val_seed))
     splits, evaluations = eval_sets(dataset, cfg.select_on)
     train = label_training_samples(dataset.train, cfg.attributes, cfg.gender_csv, cfg.pose_csv, cfg.pose_column, cfg.missing_attributes)
     accelerator.print(summary_table(dataset))

@@ -42,7 +42,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 import train_cgal
 from rlq.attributes import AttributeFileError, label_training_samples, num_pose_classes
 from rlq.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
-from rlq.data import DatasetLayoutError, hold_out_identities, load_dataset, summary_table
+from rlq.data import DatasetLayoutError, check_training_identities, hold_out_identities, load_dataset, summary_table
 from rlq.launch import LaunchError, check_launch, memory_format, mixed_precision
 from rlq.loaders import AttributedTrainImages, TADPairs, tad_loader, train_loader
 from rlq.losses import normalized_mse, softened_kl
@@ -286,9 +286,9 @@ def main(cfg: Config) -> dict:
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.tad_model == "rlq")],
     )
     check_launch(accelerator)
-    check_output(cfg.output, cfg.resume, cfg.overwrite)
+    check_output(cfg.output, cfg.resume, cfg.overwrite, accelerator)
     set_seed(cfg.seed + accelerator.process_index)
-    dataset = hold_out_identities(load_dataset(cfg.dataset, cfg.root), cfg.val_ids, cfg.val_seed)
+    dataset = check_training_identities(hold_out_identities(load_dataset(cfg.dataset, cfg.root), cfg.val_ids, cfg.val_seed))
     external = load_dataset(cfg.external_dataset, cfg.external_root)
     splits, evaluations = eval_sets(dataset, cfg.select_on)
     train = with_attributes(cfg, dataset.train)

@@ -1,6 +1,6 @@
 """The authors' attribute CSVs: gender per identity and pose cluster per image.
 
-Formats (samples in ../shared/data/reference-csv/):
+Formats (as the RLQ authors publish them in their repository, folder Scripts/Helper/):
 - gender: `Category,ID,Gender`, 1 = male, 0 = female; ID is the raw identity
   text (`000`, `092`, `1`, `p0003`).
 - pose clusters: `Category,Image,<variant>_<K>,...`, labels written as floats

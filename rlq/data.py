@@ -523,6 +523,15 @@ def unreadable_report(problems: list[tuple[str, str]], limit: int = 20) -> str:
 VAL_EVALUATIONS_HELD_OUT = [Evaluation("cc", "query", "gallery", "cc")]
 
 
+def check_training_identities(dataset: ReIDDataset) -> ReIDDataset:
+    """Refuse a training set that cannot teach anything: with one identity every identity loss is zero."""
+    if dataset.num_train_pids < 2:
+        raise DatasetLayoutError(f"the training split of {dataset.name} ({dataset.root}) has {dataset.num_train_pids} "
+                                 "identity: with one class every identity loss is zero and nothing is learnt; "
+                                 "expected at least 2 identities")
+    return dataset
+
+
 def hold_out_identities(dataset: ReIDDataset, num_ids: int, seed: int) -> ReIDDataset:
     """A validation split made of `num_ids` training identities, which leave the training set (LTCC has none).
 

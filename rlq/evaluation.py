@@ -19,7 +19,7 @@ from tqdm import tqdm
 from rlq.data import Evaluation, Sample, format_table
 from rlq.launch import memory_format
 from rlq.loaders import eval_loader
-from rlq.metrics import evaluate
+from rlq.metrics import NoValidQuery, evaluate
 from rlq.rerank import rerank
 
 METRIC_COLUMNS = ("top1", "top5", "top10", "top20", "mAP", "mINP")
@@ -139,22 +139,44 @@ def run_single_shot(evaluation: Evaluation, splits: dict[str, list[Sample]], fea
     return {k: sum(r[k] for r in runs) / draws for k in runs[0]}
 
 
+# What a query needs in the gallery to count, per protocol (the junk and good rules of rlq.metrics).
+GOOD_MATCH = {"standard": "an image of its identity from another camera",
+              "cc": "an image of its identity from another camera in other clothes",
+              "sc": "an image of its identity from another camera in the same clothes"}
+
+
+def run_protocols(evaluations: list[Evaluation], splits: dict[str, list[Sample]],
+                  run_one: Callable[[Evaluation], dict]) -> tuple[dict[str, dict], dict[str, str]]:
+    """({name: metrics} of the protocols that have a valid query, {name: one line saying why it has none})."""
+    results, missing = {}, {}
+    for evaluation in evaluations:
+        try:
+            results[evaluation.name] = run_one(evaluation)
+        except NoValidQuery:
+            missing[evaluation.name] = (f"{evaluation.name}: no valid query: none of the {len(splits[evaluation.query_split])} "
+                                        f"{evaluation.query_split} images has {GOOD_MATCH[evaluation.protocol]} in "
+                                        f"{evaluation.gallery_split}, so this protocol measures nothing here")
+    return results, missing
+
+
 def evaluate_model(
     model: torch.nn.Module,
     splits: dict[str, list[Sample]],
     evaluations: list[Evaluation],
     accelerator: Accelerator,
     **loader_options,
-) -> tuple[dict[str, dict], dict[str, torch.Tensor]]:
+) -> tuple[dict[str, dict], dict[str, torch.Tensor], dict[str, str]]:
     """Run every evaluation: all processes extract, the main process ranks.
 
-    Returns ({evaluation name: metrics}, {split: features}): the metrics on the main process ({} on the
-    others), and the features on every process, for whatever else is measured on them.
+    Returns ({evaluation name: metrics}, {split: features}, {evaluation name: why it has no valid query}): the
+    metrics of the protocols with a valid query on the main process ({} on the others), and the features on every
+    process, for whatever else is measured on them.
     """
     features = split_features(model, splits, evaluations, accelerator, **loader_options)
     if not accelerator.is_main_process:
-        return {}, features
-    return {e.name: run_evaluation(e, splits, features) for e in evaluations}, features
+        return {}, features, {}
+    results, missing = run_protocols(evaluations, splits, lambda e: run_evaluation(e, splits, features))
+    return results, features, missing
 
 
 def headline_key(results: dict[str, dict], headline: str) -> tuple[float, float]:

@@ -607,9 +607,13 @@ def _summarise(per_query: torch.Tensor) -> dict[str, float | int]:
     }
 
 
-def _no_valid_query(num_queries: int) -> ValueError:
-    return ValueError(f"no valid query: none of the {num_queries} queries has a good "
-                      "gallery item under this protocol")
+class NoValidQuery(ValueError):
+    """No query of a protocol has a good gallery item: the protocol measures nothing on these splits."""
+
+
+def _no_valid_query(num_queries: int) -> NoValidQuery:
+    return NoValidQuery(f"no valid query: none of the {num_queries} queries has a good "
+                        "gallery item under this protocol")
 
 
 def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -6,9 +6,11 @@ epoch loop; what is here is what they would otherwise repeat word for word.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
+import sys
 import time
 from collections import Counter
 from dataclasses import asdict
@@ -63,12 +65,10 @@ def check_parameters(model: torch.nn.Module, epoch: int, accelerator: Accelerato
                             "not finite or above 1e6): stopping without writing them; last.pt keeps the epochs before")
 
 
-def check_output(output: Path, resume: Path | None, overwrite: bool) -> None:
-    """A run folder that can be written, not holding another run unless asked to; stale temporaries removed."""
+def check_output(output: Path, resume: Path | None, overwrite: bool, accelerator: Accelerator) -> None:
+    """A run folder that can be written, that no other run is using (locked for this run's life), not holding another
+    run's checkpoint unless asked to; stale temporaries removed. Call it on every process."""
     output_folder(output, "--output")
-    if (output / "last.pt").is_file() and resume is None and not overwrite:
-        raise CheckpointError(f"--output '{output}' holds another run's last.pt: continue that run with --resume {output}, "
-                              "or start a new one over it with --overwrite")
     try:
         output.mkdir(parents=True, exist_ok=True)
         probe = output / f".write-test.{os.getpid()}.tmp"
@@ -76,7 +76,41 @@ def check_output(output: Path, resume: Path | None, overwrite: bool) -> None:
         probe.unlink()
     except OSError as error:
         raise CheckpointError(f"cannot write to --output '{output}' ({error.strerror}): expected a writable folder") from None
+    problem = [lock_run_folder(output) if accelerator.is_main_process else None]  # the launch's processes lock it once
+    if accelerator.num_processes > 1:
+        problem = broadcast_object_list(problem)  # so that every process stops, not the main one alone
+    if problem[0] is not None:
+        raise CheckpointError(problem[0])
+    if (output / "last.pt").is_file() and resume is None and not overwrite:
+        raise CheckpointError(f"--output '{output}' holds another run's last.pt: continue that run with --resume {output}, "
+                              "or start a new one over it with --overwrite")
     remove_stale_temporaries(output)
+
+
+RUN_LOCK = ".run.lock"
+_held_locks: dict[Path, int] = {}  # run folder -> descriptor of its lock, held until this process exits
+
+
+def lock_run_folder(folder: Path) -> str | None:
+    """Take an exclusive lock on `folder` for the life of this process; None, or why another run holds it.
+
+    An OS lock (flock) on `folder/.run.lock`: the kernel releases it when the process ends, however it ends (exit,
+    crash, kill -9), so a dead run never blocks the next one; the file only says who holds it.
+    """
+    if folder.resolve() in _held_locks:  # this process's own run, e.g. a resume called from Python after a run
+        return None
+    descriptor = os.open(folder / RUN_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(descriptor, 4096).decode(errors="replace").strip() or "a process that has not said which"
+        os.close(descriptor)
+        return (f"--output '{folder}' is in use by another run ({holder}): one run per folder; wait for it to end, "
+                "or give this run another --output")
+    os.ftruncate(descriptor, 0)
+    os.write(descriptor, f"process {os.getpid()}: {' '.join(sys.argv)}".encode())
+    _held_locks[folder.resolve()] = descriptor
+    return None
 
 
 def check_images(samples: list, accelerator: Accelerator, enabled: bool) -> None:
@@ -310,10 +344,15 @@ def restore(checkpoint, cfg, model, clothes_classifier, optimizer, clothes_optim
         raise CheckpointError(f"{source} holds no training state (a best.pt is written for evaluation): "
                               "resume from the run's last.pt, or give --resume the run folder")
     before = checkpoint["config"]
+    writer, this = training_script(before), training_script(asdict(cfg))
+    if writer != this:
+        raise CheckpointError(f"{source} was written by {writer}, not {this}: resume it with {writer} --resume, or start "
+                              f"a new {this} run (another --output, or --overwrite)")
     changed = {k: [before[k], v] for k, v in plain(asdict(cfg)).items() if k != "resume" and k in before and before[k] != v}
     refused = [k for k in changed if k not in RESUME_APPLIED + RESUME_FREE]
     if refused:
-        raise CheckpointError(f"{source} was trained with other " + ", ".join(f"--{k.replace('_', '-')} ({before[k]})" for k in refused)
+        raise CheckpointError(f"{source} (written by {writer}) was trained with other "
+                              + ", ".join(f"--{k.replace('_', '-')} ({before[k]})" for k in refused)
                               + ": a resumed run must keep them; start a new run (--overwrite or another --output) to change them")
     load_state_checked(model, checkpoint["model"], source)
     load_state_checked(clothes_classifier, checkpoint["clothes_classifier"], f"{source} (clothes classifier)")
@@ -332,6 +371,14 @@ def restore(checkpoint, cfg, model, clothes_classifier, optimizer, clothes_optim
         accelerator.print("options changed since the checkpoint (applied from here on): "
                           + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()))
         checkpoint["history"].setdefault("resumes", []).append({"epoch": checkpoint["epoch"], "changed": changed})
+
+
+def training_script(config: dict) -> str:
+    """Which training script a run's configuration belongs to: each Config has an option the others lack."""
+    for option, script in (("teacher", "train_rlq.py"), ("attributes", "train_cgal.py"), ("model", "train_base.py")):
+        if option in config:
+            return script
+    return "another program"
 
 
 def apply_optimizer_options(cfg, optimizer, clothes_optimizer, scheduler) -> None:
@@ -363,20 +410,29 @@ def evaluate_and_select(model, dataset: ReIDDataset, splits: dict, evaluations: 
     """
     share_batchnorm_statistics(model, accelerator)
     bare_model = accelerator.unwrap_model(model)
-    results, features = evaluate_model(bare_model, splits, evaluations, accelerator, **loader_options)
+    results, features, missing = evaluate_model(bare_model, splits, evaluations, accelerator, **loader_options)
     if not accelerator.is_main_process:
         return best, False
     diagnostics = {"clothes_leakage": evaluations_clothes_leakage(splits, evaluations, features, bare_model.feature_dim)}
-    accelerator.print(f"epoch {epoch} ({split_name}):\n{results_table(results)}\n{diagnostics_text(diagnostics)}")
-    history["evaluations"].append({"epoch": epoch, "split": split_name, "results": results, "diagnostics": diagnostics})
+    table = results_table(results) if results else "no protocol has a valid query"
+    accelerator.print(f"epoch {epoch} ({split_name}):\n{table}\n" + "".join(f"{line}\n" for line in missing.values())
+                      + diagnostics_text(diagnostics))
+    entry = {"epoch": epoch, "split": split_name, "results": results, "diagnostics": diagnostics}
+    history["evaluations"].append(entry | ({"no_valid_query": missing} if missing else {}))
     scalars = {f"{split_name}/{name}/{m}": results[name][m] for name in results for m in ("top1", "mAP")}
     scalars |= {f"{split_name}/clothes_leakage/{view}": value
                 for view, value in (diagnostics["clothes_leakage"] or {}).items() if value is not None}
     accelerator.log(scalars, step=global_step)
-    top1, mAP = headline_key(results, dataset.headline)
+    selected = dataset.headline if dataset.headline in results else next(iter(results), None)
+    if selected is None:
+        accelerator.print("best.pt is not updated: no protocol has a valid query")
+        return best, False
+    if selected != dataset.headline:
+        accelerator.print(f"best.pt is picked on {selected}: {dataset.headline}, the headline protocol, has no valid query")
+    top1, mAP = headline_key(results, selected)
     if best is not None and (top1, mAP) <= (best["top1"], best["mAP"]):
         return best, False
-    return {"epoch": epoch, "evaluation": dataset.headline, "top1": top1, "mAP": mAP, "results": results}, True
+    return {"epoch": epoch, "evaluation": selected, "top1": top1, "mAP": mAP, "results": results}, True
 
 
 def write_json_atomic(path: Path, data: dict) -> None:

@@ -1,0 +1,161 @@
+"""One run per run folder (an OS lock for the run's life), resumes only of the same script's runs, and degenerate data
+named instead of crashed on: a protocol without a valid query, a training set of one identity."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO, TINY_RUN
+from test_hardening import TINY_FLAGS, one_error_line, run, snapshot
+
+from rlq.checkpoint import CheckpointError, load_checkpoint
+from rlq.data import DatasetLayoutError
+from rlq.training import RUN_LOCK
+
+# --- one run per folder ---------------------------------------------------------------------------------------------
+
+
+def test_a_folder_in_use_by_another_run_is_refused_with_the_process_that_holds_it(synthetic_root, tmp_path):
+    from train_base import Config, main
+
+    output = tmp_path / "run"
+    output.mkdir()
+    holder = os.open(output / RUN_LOCK, os.O_RDWR | os.O_CREAT)  # stands in for another run's process
+    fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.write(holder, b"process 4242: train_base.py --output run")
+    try:
+        with pytest.raises(CheckpointError) as error:
+            main(Config(root=synthetic_root, output=output, **TINY_RUN))
+    finally:
+        os.close(holder)
+    assert str(error.value) == (f"--output '{output}' is in use by another run (process 4242: train_base.py --output run): "
+                                "one run per folder; wait for it to end, or give this run another --output")
+    assert sorted(p.name for p in output.iterdir()) == [RUN_LOCK]  # nothing of the refused run
+
+
+def test_the_lock_lives_as_long_as_the_run_and_dies_with_it(synthetic_root, tmp_path):
+    """A second run on a busy folder is refused while the first lives, at any point of it; kill -9 frees the folder."""
+    output = tmp_path / "run"
+    flags = [*TINY_FLAGS, "--dataset", "synthetic", "--root", str(synthetic_root), "--output", str(output)]
+    first = subprocess.Popen([sys.executable, "train_base.py", *flags, "--epochs", "50", "--max-steps-per-epoch", "3"],
+                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env=os.environ | {"OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while f"process {first.pid}:" not in ((output / RUN_LOCK).read_text() if (output / RUN_LOCK).exists() else ""):
+            assert first.poll() is None and time.monotonic() < deadline, "the first run never took its lock"
+            time.sleep(0.2)
+        for extra in ([], ["--resume", str(output)], ["--overwrite"]):
+            line = one_error_line(run("train_base.py", *flags, *extra), f"is in use by another run (process {first.pid}:")
+            assert line.startswith(f"error: --output '{output}' is in use by another run"), line
+        assert first.poll() is None  # the refused runs left the first alone
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    done = run("train_base.py", *flags, "--overwrite")  # the kernel released the dead run's lock
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert load_checkpoint(output / "last.pt")["epoch"] == 1
+
+
+# --- resume only what this script wrote -----------------------------------------------------------------------------
+
+
+def test_resume_refuses_another_scripts_run_naming_the_script_that_wrote_it(tiny_run, synthetic_root, attribute_files, tmp_path):
+    from train_cgal import Config, main
+
+    gender_csv, pose_csv = attribute_files
+    before = snapshot(tiny_run)
+    with pytest.raises(CheckpointError) as error:
+        main(Config(root=synthetic_root, output=tmp_path, resume=tiny_run, gender_csv=gender_csv, pose_csv=pose_csv,
+                    **TINY_RUN))
+    assert str(error.value) == (f"checkpoint '{tiny_run / 'last.pt'}' was written by train_base.py, not train_cgal.py: resume it with "
+                                "train_base.py --resume, or start a new train_cgal.py run (another --output, or --overwrite)")
+    assert snapshot(tiny_run) == before and not (tmp_path / "last.pt").exists()
+
+
+def test_resume_refuses_another_architecture_naming_the_script_that_wrote_it(tiny_run, synthetic_root, tmp_path):
+    shutil.copytree(tiny_run, tmp_path / "run")
+    line = one_error_line(run("train_base.py", "--dataset", "synthetic", "--root", str(synthetic_root), *TINY_FLAGS,
+                              "--cal-start-epoch", "1", "--model", "cal", "--output", str(tmp_path / "run"), "--resume",
+                              str(tmp_path / "run")))
+    assert line == (f"error: checkpoint '{tmp_path / 'run' / 'last.pt'}' (written by train_base.py) was trained with other "
+                    "--model (base): a resumed run must keep them; start a new run (--overwrite or another --output) to change them")
+
+
+# --- degenerate data --------------------------------------------------------------------------------------------------
+
+
+def test_a_training_set_of_one_identity_is_refused_at_start(synthetic_root, tmp_path):
+    root = tmp_path / "LTCC_ReID"
+    shutil.copytree(synthetic_root / "target" / "LTCC_ReID", root)
+    kept = min(image.name.split("_")[0] for image in (root / "train").iterdir())
+    for image in (root / "train").iterdir():
+        if image.name.split("_")[0] != kept:
+            image.unlink()
+    line = one_error_line(run("train_base.py", "--dataset", "ltcc", "--root", str(root), *TINY_FLAGS,
+                              "--output", str(tmp_path / "run")))
+    assert line == (f"error: the training split of ltcc ({root}) has 1 identity: with one class every identity loss is zero "
+                    "and nothing is learnt; expected at least 2 identities")
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+@pytest.fixture(scope="module")
+def one_outfit_test_set(synthetic_root, tmp_path_factory) -> Path:
+    """The synthetic target set with every test identity in one outfit only: no clothes-changing query is valid."""
+    root = tmp_path_factory.mktemp("one_outfit") / "LTCC_ReID"
+    shutil.copytree(synthetic_root / "target" / "LTCC_ReID", root)
+    first_outfit: dict[str, str] = {}
+    for image in sorted((root / "query").iterdir()) + sorted((root / "test").iterdir()):
+        pid, outfit = image.name.split("_")[:2]
+        if first_outfit.setdefault(pid, outfit) != outfit:
+            image.unlink()
+    return root
+
+
+def test_evaluate_names_the_protocol_without_a_valid_query_and_reports_the_others(tiny_run, one_outfit_test_set, tmp_path):
+    done = run("evaluate.py", "--checkpoint", str(tiny_run / "best.pt"), "--dataset", "ltcc", "--root", str(one_outfit_test_set),
+               "--num-workers", "0", "--degrade", "mix", "--rerank", "--json", str(tmp_path / "eval.json"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    queries = len(list((one_outfit_test_set / "query").iterdir()))
+    line = (f"cc: no valid query: none of the {queries} query images has an image of its identity from another camera in other "
+            "clothes in gallery, so this protocol measures nothing here")
+    assert done.stdout.count(line) == 1, done.stdout
+    results = json.loads((tmp_path / "eval.json").read_text())
+    assert results["no_valid_query"] == {"cc": line}
+    assert "cc" not in results and {"standard", "sc"} <= set(results) and set(results["degraded"]["mix"]) == {"standard", "sc"}
+    assert set(results["reranked"]) == {"standard", "sc"}
+
+
+def test_training_keeps_going_and_resumes_when_the_headline_protocol_has_no_valid_query(one_outfit_test_set, tmp_path):
+    from train_base import Config, main
+
+    options = TINY_RUN | {"dataset": "ltcc", "root": one_outfit_test_set, "output": tmp_path}
+    best = main(Config(**options))
+    assert best["evaluation"] == "standard" and set(best["results"]) == {"standard", "sc"}  # picked on what measures
+    main(Config(**(options | {"epochs": 3, "resume": tmp_path})))
+    last = load_checkpoint(tmp_path / "last.pt")
+    assert last["epoch"] == 3 and [e["epoch"] for e in last["history"]["evaluations"]] == [0, 1, 2]
+    assert all(set(e["no_valid_query"]) == {"cc"} for e in last["history"]["evaluations"])
+
+
+def test_no_protocol_with_a_valid_query_is_one_error_line(tiny_run, one_outfit_test_set, tmp_path):
+    """Each identity's queries and gallery images all from one camera: every gallery match is junk, nothing is good."""
+    root = tmp_path / "LTCC_ReID"
+    shutil.copytree(one_outfit_test_set, root)
+    camera: dict[str, str] = {}
+    for image in sorted((root / "query").iterdir()) + sorted((root / "test").iterdir()):
+        pid, _, cam = image.name.split("_")[:3]
+        if camera.setdefault(pid, cam) != cam:
+            image.unlink()
+    line = one_error_line(run("evaluate.py", "--checkpoint", str(tiny_run / "best.pt"), "--dataset", "ltcc", "--root", str(root),
+                              "--num-workers", "0"))
+    assert line.startswith(f"error: no protocol of ltcc ({root}) has a valid query: standard: no valid query"), line
