@@ -24,8 +24,16 @@ from pathlib import Path
 from typing import Callable, Literal
 
 import numpy as np
-from PIL import Image
 
+from rlq.images import ImageReadError, load_image
+
+# Files a dataset parser takes as samples: every layout we read names its images .png/.jpg/.jpeg.
+SAMPLE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+# Images in other formats: not samples, but counted and named in the summary (`skipped_table`),
+# since a dataset converted to one of these by accident would otherwise just lose images.
+OTHER_IMAGE_EXTENSIONS = (".bmp", ".gif", ".tif", ".tiff", ".webp", ".jp2", ".j2k", ".heic", ".heif", ".avif",
+                          ".ppm", ".pgm", ".pbm", ".pnm")
+# What folder listings without a naming scheme (`rlq.ranking.list_images`) take as images.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 DATASETS = ("ltcc", "prcc", "celeb", "last", "deepchange", "synthetic", "synthetic-external")
 
@@ -75,6 +83,9 @@ class ReIDDataset:
     headline: str  # name of the evaluation whose top-1 picks the best checkpoint
     val_splits: dict[str, list[Sample]] = field(default_factory=dict)
     val_evaluations: list[Evaluation] = field(default_factory=list)
+    # split name ("val/<split>" for validation splits) -> paths of the files in its folders that look like
+    # images in a format the parser does not read (`OTHER_IMAGE_EXTENSIONS`); splits with none are absent.
+    skipped: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def train(self) -> list[Sample]:
@@ -124,12 +135,30 @@ def _find_root(dataset: str, root: Path, folder_name: str, required: tuple[str, 
     raise _layout_error(dataset, root, expected, f"missing {', '.join(missing)}")
 
 
-def _image_files(folder: Path) -> list[Path]:
-    """Image files directly inside `folder`, sorted by name (non-image files are not samples)."""
+def is_macos_metadata(name: str) -> bool:
+    """macOS Finder files: `._<name>` AppleDouble files (which keep the image's extension) and `.DS_Store`."""
+    return name.startswith("._") or name == ".DS_Store"
+
+
+def _files_with(folder: Path, extensions: tuple[str, ...]) -> list[Path]:
+    """Files directly inside `folder` whose names end in `extensions` (macOS metadata never), sorted by name."""
     return sorted(
-        (Path(e.path) for e in os.scandir(folder) if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)),
+        (Path(e.path) for e in os.scandir(folder)
+         if e.is_file() and e.name.lower().endswith(extensions) and not is_macos_metadata(e.name)),
         key=lambda p: p.name,
     )
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """Image files directly inside `folder`, sorted by name (non-image files are not samples)."""
+    return _files_with(folder, SAMPLE_EXTENSIONS)
+
+
+def _skipped_files(splits: dict[str, list[Path]]) -> dict[str, list[str]]:
+    """split -> the files in other image formats directly inside its folders (`ReIDDataset.skipped`)."""
+    found = {split: [str(p) for folder in folders if folder.is_dir() for p in _files_with(folder, OTHER_IMAGE_EXTENSIONS)]
+             for split, folders in splits.items()}
+    return {split: paths for split, paths in found.items() if paths}
 
 
 def _subfolders(folder: Path) -> list[Path]:
@@ -207,6 +236,7 @@ def read_ltcc(root: Path) -> ReIDDataset:
             Evaluation("sc", "query", "gallery", "sc"),
         ],
         headline="cc",
+        skipped=_skipped_files({"train": [root / "train"], "query": [root / "query"], "gallery": [root / "test"]}),
     )
 
 
@@ -285,7 +315,15 @@ def read_prcc(root: Path) -> ReIDDataset:
         # PRCC's validation images share the training identities; split them by camera like the test set.
         val_splits = _prcc_query_sets(_split_val_by_camera(_prcc_by_identity(rgb / "val")))
         val_evaluations = _PRCC_EVALUATIONS
-    return ReIDDataset("prcc", root, splits, _PRCC_EVALUATIONS, "cc", val_splits, val_evaluations)
+    return ReIDDataset("prcc", root, splits, _PRCC_EVALUATIONS, "cc", val_splits, val_evaluations, _prcc_skipped(rgb))
+
+
+def _prcc_skipped(rgb: Path) -> dict[str, list[str]]:
+    """Skipped files per split: train and val by identity folder, test (and val) by camera as the query sets split them."""
+    identity_folders = {name: _subfolders(rgb / name) if (rgb / name).is_dir() else [] for name in ("train", "val")}
+    test = {split: _subfolders(rgb / "test" / camera) if (rgb / "test" / camera).is_dir() else []
+            for split, camera in (("gallery", "A"), ("query_same", "B"), ("query_diff", "C"))}
+    return _skipped_files({"train": identity_folders["train"], **test, "val": identity_folders["val"]})
 
 
 # --------------------------------------------------------------------------- Celeb-reID
@@ -313,6 +351,7 @@ def read_celeb(root: Path, name: str = "celeb") -> ReIDDataset:
         splits={"train": _relabel_train(_celeb_split(root / "train", name)), "query": query, "gallery": gallery},
         evaluations=[Evaluation("standard", "query", "gallery", "standard")],
         headline="standard",
+        skipped=_skipped_files({split: [root / split] for split in ("train", "query", "gallery")}),
     )
 
 
@@ -375,7 +414,16 @@ def read_last(root: Path) -> ReIDDataset:
         headline="standard",
         val_splits=_last_test(root / "val") if has_val else {},
         val_evaluations=evaluations if has_val else [],
+        skipped=_last_skipped(root, has_val),
     )
+
+
+def _last_skipped(root: Path, has_val: bool) -> dict[str, list[str]]:
+    folders = {"train": _subfolders(root / "train")}
+    for prefix, parent in (("", root / "test"), *((("val/", root / "val"),) if has_val else ())):
+        folders[f"{prefix}query"] = [parent / "query"]
+        folders[f"{prefix}gallery"] = _subfolders(parent / "gallery")
+    return _skipped_files(folders)
 
 
 # --------------------------------------------------------------------------- DeepChange
@@ -434,6 +482,8 @@ def read_deepchange(root: Path) -> ReIDDataset:
         headline="standard",
         val_splits=val_splits,
         val_evaluations=val_evaluations,
+        skipped=_skipped_files({"train": [root / "train-set"], "query": [root / "test-set-query"], "gallery": [root / "test-set-gallery"],
+                                "val/query": [root / "val-set-query"], "val/gallery": [root / "val-set-gallery"]}),
     )
 
 
@@ -484,7 +534,33 @@ def summary(dataset: ReIDDataset) -> dict:
     result = {"dataset": dataset.name, "root": str(dataset.root), "splits": {k: split_summary(v) for k, v in dataset.splits.items()}}
     if dataset.val_splits:
         result["val_splits"] = {k: split_summary(v) for k, v in dataset.val_splits.items()}
+    if dataset.skipped:
+        result["skipped"] = {split: skipped_summary(paths) for split, paths in dataset.skipped.items()}
     return result
+
+
+def skipped_summary(paths: list[str], examples: int = 3) -> dict:
+    """{"files": count, "extensions": {".webp": count, ...} (most first), "examples": the first few paths}."""
+    counts: dict[str, int] = {}
+    for path in paths:
+        extension = Path(path).suffix.lower()
+        counts[extension] = counts.get(extension, 0) + 1
+    by_count = dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+    return {"files": len(paths), "extensions": by_count, "examples": sorted(paths)[:examples]}
+
+
+def skipped_line(dataset: ReIDDataset) -> str | None:
+    """The summary's line about files in formats the parser does not read, or None if there are none.
+
+    skipped 3 files in formats the ltcc parser does not read: .webp (2), .bmp (1); train 2, query 1; e.g. <path>, <path>
+    """
+    if not dataset.skipped:
+        return None
+    total = skipped_summary([p for paths in dataset.skipped.values() for p in paths])
+    extensions = ", ".join(f"{extension} ({count})" for extension, count in total["extensions"].items())
+    per_split = ", ".join(f"{split} {len(paths)}" for split, paths in dataset.skipped.items())
+    return (f"skipped {total['files']} files in formats the {dataset.name} parser does not read: {extensions}; "
+            f"{per_split}; e.g. {', '.join(total['examples'])}")
 
 
 def format_table(header: list[str], rows: list[list]) -> str:
@@ -497,11 +573,17 @@ def format_table(header: list[str], rows: list[list]) -> str:
 
 
 def _decode_problem(path: str) -> str | None:
+    """Why the training reader (`rlq.images.load_image`) refuses `path`, or None if it reads it.
+
+    The full decode and RGB conversion run here, so a truncated file or one that opens but
+    cannot be converted fails at the check, not in a loader worker hours later.
+    """
     try:
-        with Image.open(path) as image:
-            image.load()  # the full decode: a truncated file fails here, not in a loader worker hours later
+        load_image(path)
         return None
-    except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, ... for broken files
+    except ImageReadError as error:
+        return error.reason
+    except Exception as error:  # anything else PIL raises for a broken file is a refusal too
         return f"{type(error).__name__}: {error}"
 
 
@@ -574,7 +656,9 @@ def summary_table(dataset: ReIDDataset) -> str:
     info = summary(dataset)
     groups = [("", info["splits"])] + ([("val/", info["val_splits"])] if "val_splits" in info else [])
     rows = [[prefix + split, s["images"], s["ids"], s["cameras"], s["clothes"]] for prefix, splits in groups for split, s in splits.items()]
-    return f"{dataset.name} ({dataset.root})\n" + format_table(["split", "images", "ids", "cameras", "clothes"], rows)
+    table = f"{dataset.name} ({dataset.root})\n" + format_table(["split", "images", "ids", "cameras", "clothes"], rows)
+    skipped = skipped_line(dataset)
+    return table if skipped is None else f"{table}\n{skipped}"
 
 
 @dataclass

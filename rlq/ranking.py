@@ -19,7 +19,7 @@ import torch
 from accelerate import Accelerator
 from PIL import Image, ImageDraw, ImageOps
 
-from rlq.data import IMAGE_EXTENSIONS, Sample, unreadable_images
+from rlq.data import IMAGE_EXTENSIONS, Sample, is_macos_metadata, unreadable_images
 from rlq.evaluation import extract_features
 from rlq.transforms import load_image
 
@@ -49,11 +49,12 @@ class Ranking:
 
 
 def list_images(folder: Path) -> list[str]:
-    """Every image file under `folder`, recursively, sorted by path."""
+    """Every image file under `folder`, recursively, sorted by path (macOS `._*` metadata files are not images)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise RankingError(f"'{folder}' is not a folder")
-    paths = sorted(str(p) for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    paths = sorted(str(p) for p in folder.rglob("*")
+                   if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not is_macos_metadata(p.name))
     if not paths:
         raise RankingError(f"'{folder}' holds no images (looked for {', '.join(IMAGE_EXTENSIONS)} files, recursively)")
     return paths

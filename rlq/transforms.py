@@ -15,7 +15,6 @@ evaluation can rebuild the exact same images (`degrade_for_eval`).
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +24,8 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from PIL import Image
+
+from rlq.images import ImageReadError, load_image  # noqa: F401  (the one image reader, re-exported for the loaders)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -50,18 +51,6 @@ def worker_rng(seed: int, epoch: int, rank: int) -> np.random.Generator:
     """
     info = torch.utils.data.get_worker_info()
     return rng_for(seed, epoch, rank, 0 if info is None else info.id)
-
-
-def load_image(path: str | os.PathLike[str]) -> Image.Image:
-    """Open an image file as RGB, with an error naming the file if that fails."""
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")  # convert() forces the decode, so truncation fails here
-    except OSError as err:  # includes FileNotFoundError and PIL's UnidentifiedImageError
-        raise RuntimeError(
-            f"cannot load image {os.fspath(path)!r}: expected a readable image file "
-            f"(JPEG/PNG) convertible to RGB ({type(err).__name__}: {err})"
-        ) from err
 
 
 # ---------------------------------------------------------------------------
@@ -287,18 +276,37 @@ def motion_kernel(kernel_size: int, angle: float) -> torch.Tensor:
     return torch.from_numpy(kernel / kernel.sum()).float()
 
 
+def pad_reflect101(x: torch.Tensor, before: int, after: int) -> torch.Tensor:
+    """Pad the last two axes of ``x`` by ``before`` / ``after`` pixels, mirrored without repeating the edge
+    (OpenCV's BORDER_REFLECT_101, torch's "reflect"), for any pad width.
+
+    torch's "reflect" refuses pads as wide as the image; a tiny image (down to 1 x 1) needs the mirror
+    repeated, and a 1-pixel axis can only repeat its one pixel (as OpenCV does).
+    """
+
+    def indices(size: int) -> torch.Tensor:
+        positions = torch.arange(-before, size + after)
+        if size == 1:
+            return torch.zeros_like(positions)
+        period = 2 * (size - 1)
+        positions = positions.remainder(period)
+        return torch.where(positions < size, positions, period - positions)
+
+    height, width = x.shape[-2:]
+    return x.index_select(-2, indices(height)).index_select(-1, indices(width))
+
+
 def motion_blur(img: Image.Image, kernel_size: int, angle: float) -> Image.Image:
     """Correlate every channel with `motion_kernel`, as OpenCV's ``filter2D`` does: same size, anchor at
     kernel element (k//2, k//2), reflect-101 borders, rounded to uint8.
 
     Even kernels are padded asymmetrically (k//2 before, k//2 - 1 after) so the
-    output keeps the input size and the anchor sits on the output pixel. The image
-    must be larger than the padding on both axes.
+    output keeps the input size and the anchor sits on the output pixel. Images
+    smaller than the kernel are padded by repeating the mirror (`pad_reflect101`).
     """
     x = TF.pil_to_tensor(img).float().unsqueeze(0)  # [1, C, H, W]
     channels = x.shape[1]
-    before, after = kernel_size // 2, (kernel_size - 1) // 2
-    x = F.pad(x, (before, after, before, after), mode="reflect")
+    x = pad_reflect101(x, kernel_size // 2, (kernel_size - 1) // 2)
     weight = motion_kernel(kernel_size, angle).expand(channels, 1, kernel_size, kernel_size)
     y = F.conv2d(x, weight, groups=channels)[0]
     return TF.to_pil_image(y.round().clamp(0, 255).to(torch.uint8), mode=img.mode)
@@ -310,8 +318,18 @@ def draw_gaussian(rng: np.random.Generator) -> dict[str, Any]:
 
 
 def gaussian_blur(img: Image.Image, kernel_size: int, sigma: float) -> Image.Image:
-    """Isotropic Gaussian blur, same size (torchvision, reflect padding)."""
-    return TF.gaussian_blur(img, [kernel_size, kernel_size], [sigma, sigma])
+    """Isotropic Gaussian blur, same size (torchvision, reflect-101 padding).
+
+    torchvision pads by mirroring once, which an image no wider than half the kernel does not
+    allow; such an image is padded here first (`pad_reflect101`, the same mirror repeated), so
+    torchvision's own padding only touches pixels that are cropped away again.
+    """
+    radius = kernel_size // 2
+    if min(img.size) > radius:
+        return TF.gaussian_blur(img, [kernel_size, kernel_size], [sigma, sigma])
+    padded = pad_reflect101(TF.pil_to_tensor(img), radius, radius)
+    blurred = TF.gaussian_blur(padded, [kernel_size, kernel_size], [sigma, sigma])
+    return TF.to_pil_image(blurred[:, radius:-radius, radius:-radius], mode=img.mode)
 
 
 Draw = Callable[[np.random.Generator], dict[str, Any]]
