@@ -4,10 +4,7 @@ that names the option and what it expects, not with a traceback from deep inside
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
 from pathlib import Path
-
-import timm
 
 
 class OptionError(ValueError):
@@ -132,6 +129,8 @@ def check_training(cfg) -> None:
     if cfg.batch_size % cfg.num_instances:
         raise OptionError(f"--batch-size {cfg.batch_size}: expected a multiple of --num-instances ({cfg.num_instances}), "
                           "the images of each identity in a batch")
+    import timm  # here, not at the top: rlq.reproduce runs on a bare python (scripts/reproduce_*.sh) and checks paths only
+
     name, _, tag = cfg.backbone.partition(".")
     if not timm.is_model(name) or (tag and cfg.backbone not in timm.list_pretrained(f"{name}.*")):
         raise OptionError(f"--backbone {cfg.backbone}: timm has no such model; expected a plain timm ResNet such as "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -167,7 +168,18 @@ CASES = [
      "--masks '{t}/runs/base/masks' lies inside --out '{t}/runs/base', " + HOLDS.format(out="--out")),
     ("reproduce out inside root", lambda t: reproduce.main(["celeb", "--root", str(t / "data"), "--out", str(t / "data/runs"), "--dry-run"]),
      "--out '{t}/data/runs/base' lies inside --root '{t}/data', an input: " + INSIDE.format(out="--out")),
+    ("bench_data crops folder holds train-json", lambda t: bench_data().main(["--train-json", str(t / "runs/x/m.json"),
+                                                                             "--folder", str(t / "runs")]),
+     "--train-json '{t}/runs/x/m.json' lies inside --folder '{t}/runs', " + HOLDS.format(out="--folder")),
 ]
+
+
+def bench_data():
+    if str(REPO / "benchmarks") not in sys.path:  # the benchmarks import each other as scripts, as in test_benchmarks.py
+        sys.path.insert(0, str(REPO / "benchmarks"))
+    import bench_data
+
+    return bench_data
 
 
 @pytest.mark.parametrize(("call", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
