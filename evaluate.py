@@ -37,7 +37,7 @@ from rlq.diagnostics import dataset_clothes_leakage, diagnostics_text, lq_consis
 from rlq.evaluation import results_table, run_evaluation, run_protocols, run_reranked, run_single_shot, split_features
 from rlq.launch import LaunchError, check_launch, memory_format, mixed_precision
 from rlq.lowquality import SizeBucketError, degraded_features, low_quality_report, lq_sample_sheet
-from rlq.options import OptionError, at_least, between, output_file, output_folder
+from rlq.options import OptionError, at_least, between, check_outputs_apart, output_file, output_folder
 from rlq.ranking import OTHER_IDENTITY_COLOUR, SAME_IDENTITY_COLOUR, RankingError, rank_folders, ranking_strip
 from rlq.rerank import RerankMemoryError
 from rlq.training import check_images
@@ -111,6 +111,17 @@ def check_args(args: Args) -> None:
     output_file(args.lq_samples_path if args.lq_samples else None, "--lq-samples-path")
     output_folder(args.visualize_dir if args.visualize else None, "--visualize-dir")
     output_folder(args.ranking_dir if args.query_dir is not None else None, "--ranking-dir")
+    check_outputs_apart(outputs(args), {"--checkpoint": args.checkpoint, "--root": args.root, "--size-buckets": args.size_buckets,
+                                        "--query-dir": args.query_dir, "--gallery-dir": args.gallery_dir})
+
+
+def outputs(args: Args) -> dict[str, Path | None]:
+    """What this run writes: the folders only when their option turns them on (a ranking folder inside --query-dir
+    would have its PNGs ranked by the next run)."""
+    return {"--json": args.json, "--save-features": args.save_features,
+            "--visualize-dir": args.visualize_dir if args.visualize else None,
+            "--lq-samples-path": args.lq_samples_path if args.lq_samples else None,
+            "--ranking-dir": args.ranking_dir if args.query_dir is not None else None}
 
 
 def check_finite_features(features: dict[str, torch.Tensor], checkpoint: Path) -> None:

@@ -50,7 +50,7 @@ from rlq.masks import (
     write_mask_png,
 )
 from rlq.files import write_csv_atomic
-from rlq.options import OptionError, at_least, between, output_folder
+from rlq.options import OptionError, at_least, between, check_outputs_apart, output_folder
 from rlq.pose import image_size
 
 
@@ -140,6 +140,7 @@ def main(args: Args) -> None:
     between("min_fraction", args.min_fraction, 0, 1)
     between("max_second_piece", args.max_second_piece, 0, 1)
     output_folder(args.out, "--out")
+    check_outputs_apart({"--out": args.out}, {"--parsing": args.parsing, "--root": args.root})
     dataset = load_dataset(args.dataset, args.root)
     splits = list(dict.fromkeys(args.splits))  # a split named twice is processed once
     unknown = [s for s in splits if s not in dataset.splits]

@@ -23,7 +23,7 @@ import numpy as np
 
 from rlq.attributes import num_clusters
 from rlq.data import DatasetLayoutError, Sample, format_table, load_dataset
-from rlq.options import OptionError, at_least, output_file, output_folder
+from rlq.options import OptionError, at_least, check_outputs_apart, output_file, output_folder
 from rlq.pose import (
     DEFAULT_KS,
     VARIANTS,
@@ -133,6 +133,7 @@ def main(args: Args) -> None:
     at_least(1, n_init=args.n_init)
     output_file(args.out, "--out")
     output_folder(args.figures, "--figures")
+    check_outputs_apart({"--out": args.out, "--figures": args.figures}, {"--keypoints": args.keypoints, "--root": args.root})
     dataset = load_dataset(args.dataset, args.root)
     if args.split not in dataset.splits:
         raise DatasetLayoutError(f"{dataset.name} has no split '{args.split}': expected one of {', '.join(dataset.splits)}")

@@ -37,6 +37,7 @@ import torch
 from PIL import Image
 
 from rlq.data import Sample
+from rlq.options import OptionError, check_outputs_apart
 from rlq.loaders import AttributedTrainImages, DeviceAugmented, TADPairs, TrainImages, eval_loader, tad_loader, train_loader
 from rlq.masks import FAULTY_FILES, MASK_BITS, write_key_list, write_mask_png
 from rlq.recolour import Recolouring
@@ -160,6 +161,10 @@ def needed_rates(train_json: Path | None) -> tuple[dict[str, float], str]:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    try:  # the crops and the results must not land on bench_train.py's results
+        check_outputs_apart({"--json": args.json, "--folder": args.folder}, {"--train-json": args.train_json})
+    except OptionError as error:
+        sys.exit(f"error: {error}")
     print("command:", shlex.join([sys.executable, *sys.argv]))
     print(f"machine: {os.cpu_count()} logical cores; torch {torch.__version__}; "
           f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")

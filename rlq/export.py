@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rlq.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
-from rlq.options import OptionError, at_least, output_file
+from rlq.options import OptionError, at_least, check_outputs_apart, output_file
 
 
 class RetrievalNetwork(nn.Module):
@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> Path:
     try:
         at_least(18, opset=args.opset)  # below 18, torch's version conversion fails on this network
         output_file(args.out, "--out")
+        check_outputs_apart({"--out": args.out}, {"--checkpoint": args.checkpoint})
         height, width = export(args.checkpoint, args.out, flip_sum=not args.no_flip_sum, opset=args.opset)
     except (CheckpointError, OptionError) as error:
         sys.exit(f"error: {error}")

@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import timm
-
 
 class OptionError(ValueError):
     """A command-line option whose value the script cannot use."""
@@ -66,6 +64,60 @@ def input_file(path: Path | None, option: str, expected: str) -> None:
         raise OptionError(f"{option} '{path}' does not exist: expected {expected}")
 
 
+PathOptions = dict[str, "Path | tuple[Path, ...] | list[Path] | None"]
+
+
+def _named_paths(options: PathOptions) -> list[tuple[str, Path]]:
+    """(option, path) for every path given: an option may hold several paths (nargs) or none (None)."""
+    named = []
+    for option, value in options.items():
+        values = value if isinstance(value, (list, tuple)) else (value,)
+        named += [(option, Path(v)) for v in values if v is not None]
+    return named
+
+
+def _relation(output: Path, input_: Path) -> str | None:
+    if output == input_:
+        return "same"
+    if output.is_relative_to(input_):
+        return "output inside"
+    return "input inside" if input_.is_relative_to(output) else None
+
+
+def _plain(path: Path) -> Path:
+    """Absolute, with `..` removed but symlinks not followed: what the spelling itself says."""
+    return Path(os.path.abspath(path))
+
+
+def _shown(option: str, path: Path, resolved: Path, through_links: bool) -> str:
+    """Where symlinks make the clash, a path they redirect is shown with where it leads: its spelling does not explain it."""
+    return f"{option} '{path}'" + (f" (resolved: '{resolved}')" if through_links and _plain(path) != resolved else "")
+
+
+def check_outputs_apart(outputs: PathOptions, inputs: PathOptions) -> None:
+    """No output (a file the run writes, or a folder it writes into) is, or lies inside, an input (a file, or a folder
+    such as a dataset root), and no input lies inside an output folder, where the run could overwrite or delete it.
+
+    Keys are the options as the user types them. Paths are compared resolved (symlinks, `..`, relative vs absolute; a
+    path that does not exist yet resolves too), so that no spelling lands an output on an input. Call it before any work."""
+    for out_option, out_path in _named_paths(outputs):
+        for in_option, in_path in _named_paths(inputs):
+            out_resolved, in_resolved = out_path.resolve(), in_path.resolve()
+            relation = _relation(out_resolved, in_resolved)
+            if relation is None:
+                continue
+            through_links = _relation(_plain(out_path), _plain(in_path)) != relation
+            output = _shown(out_option, out_path, out_resolved, through_links)
+            input_ = _shown(in_option, in_path, in_resolved, through_links)
+            if relation == "same":
+                raise OptionError(f"{output} is {input_}, an input: choose another path for {out_option}, "
+                                  "so that the input is not overwritten")
+            if relation == "output inside":
+                raise OptionError(f"{output} lies inside {input_}, an input: write {out_option} outside it")
+            raise OptionError(f"{input_} lies inside {output}, which this run writes into: "
+                              f"choose another {out_option} that does not hold its inputs")
+
+
 def check_training(cfg) -> None:
     """The options the three training scripts share (their Config dataclasses)."""
     at_least(1, epochs=cfg.epochs, batch_size=cfg.batch_size, num_instances=cfg.num_instances, height=cfg.height,
@@ -77,6 +129,8 @@ def check_training(cfg) -> None:
     if cfg.batch_size % cfg.num_instances:
         raise OptionError(f"--batch-size {cfg.batch_size}: expected a multiple of --num-instances ({cfg.num_instances}), "
                           "the images of each identity in a batch")
+    import timm  # here, not at the top: rlq.reproduce runs on a bare python (scripts/reproduce_*.sh) and checks paths only
+
     name, _, tag = cfg.backbone.partition(".")
     if not timm.is_model(name) or (tag and cfg.backbone not in timm.list_pretrained(f"{name}.*")):
         raise OptionError(f"--backbone {cfg.backbone}: timm has no such model; expected a plain timm ResNet such as "
@@ -84,3 +138,8 @@ def check_training(cfg) -> None:
     input_file(cfg.pretrained_weights, "--pretrained-weights", "a file with the trunk's ImageNet state dict (.pth or .safetensors)")
     if cfg.pretrained_weights is not None and not cfg.pretrained:
         raise OptionError("--pretrained-weights is given with --no-pretrained: leave out one of them")
+    # --resume is left out: it is normally the last.pt inside --output, which the run is meant to continue.
+    inputs = ("root", "external_root", "masks", "gender_csv", "pose_csv", "teacher", "init_from", "pretrained_weights")
+    paths = {flag(name): getattr(cfg, name, None) for name in inputs}  # each script has some of them
+    paths = {option: path for option, path in paths.items() if isinstance(path, Path)}  # not --teacher none
+    check_outputs_apart({"--output": cfg.output}, paths)

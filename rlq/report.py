@@ -20,6 +20,7 @@ from rlq.attributes import attach_attributes, read_gender_csv, read_pose_csv
 from rlq.data import ReIDDataset, load_dataset
 from rlq.diagnostics import chance_top1
 from rlq.files import write_text_atomic
+from rlq.options import OptionError, check_outputs_apart
 
 MODELS = ("base_no_cal", "base", "cgal", "rlq")
 LABELS = {"base_no_cal": "base, CAL never started", "base": "base (CAL)", "cgal": "base + CGAL/CAP", "rlq": "RLQ (CAP + TAD)"}
@@ -145,10 +146,13 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--pose-column", default="R_LA_15")
     args = parser.parse_args(argv)
     try:
+        # Only these two files are written: the runs under OUT (and a dataset there, as the quickstart's) are left alone.
+        check_outputs_apart({"OUT": (args.out / "results.json", args.out / "results.md")},
+                            {"--root": args.root, "--pose-csv": args.pose_csv})
         rows = collect(args.out, args.seeds)
         accuracies = [last_epoch_accuracies(m, s, args.out / f"seed{s}" / m / "metrics.json")
                       for s in args.seeds for m in ATTRIBUTE_MODELS]
-    except ReportError as error:
+    except (ReportError, OptionError) as error:
         raise SystemExit(f"error: {error}") from error
     text = "Clothes-changing (CC) protocol on the synthetic target test set; top-1 and mAP in percent.\n\n" + results_markdown(rows)
     dataset = load_dataset("synthetic", args.root) if args.root is not None else None

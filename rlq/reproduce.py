@@ -25,6 +25,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from rlq.options import OptionError, check_outputs_apart
+
 
 @dataclass(frozen=True)
 class PaperRun:
@@ -125,8 +127,20 @@ def commands(args: argparse.Namespace) -> list[tuple[list[str], Path | None]]:
     return steps
 
 
+def check_paths(args: argparse.Namespace) -> None:
+    """Before the first command: no run folder is or holds an input. Only --out/<run> is written, so the teacher that
+    `reproduce celeb` made under the same --out is fine."""
+    inputs = {"--root": args.root, "--external-root": args.external_root, "--teacher": args.teacher,
+              "--gender-csv": args.gender_csv, "--pose-csv": args.pose_csv, "--masks": args.masks}
+    check_outputs_apart({"--out": tuple(args.out / run.name for run in runs_for(args))}, inputs)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    try:
+        check_paths(args)
+    except OptionError as error:
+        sys.exit(f"error: {error}")
     print(f"# reproduce {args.name}: {EPOCHS} epochs, model selection on {args.select_on}; published (top-1 / mAP): "
           + "; ".join(f"{run.name} {run.published} ({run.evaluation})" for run in runs_for(args)))
     for command, makes in commands(args):

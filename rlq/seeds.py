@@ -20,7 +20,7 @@ import statistics
 from pathlib import Path
 
 from rlq.files import read_json_file, write_text_atomic
-from rlq.options import OptionError, output_file
+from rlq.options import OptionError, check_outputs_apart, output_file
 
 
 class SeedTableError(RuntimeError):
@@ -91,6 +91,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     try:
         output_file(args.out.with_suffix(".md"), "--out")
+        # --out names two files (an evaluation seed1.json is refused as --out seed1 too); of a run folder only its
+        # metrics.json is read, so a table may be written beside it.
+        read = [path / "metrics.json" if path.is_dir() else path for path in args.runs]
+        check_outputs_apart({"--out": (args.out.with_suffix(".md"), args.out.with_suffix(".json"))}, {"RUNS": read})
         rows = [read_run(path, args.evaluation) for path in args.runs]
         summary = summarise(rows)
     except (SeedTableError, OptionError) as error:

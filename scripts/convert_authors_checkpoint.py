@@ -16,6 +16,7 @@ from pathlib import Path
 
 from rlq.authors import describe
 from rlq.checkpoint import CheckpointError, load_checkpoint, save_atomic
+from rlq.options import OptionError, check_outputs_apart, output_file
 
 
 @dataclass
@@ -29,6 +30,8 @@ class Args:
 
 
 def main(args: Args) -> None:
+    output_file(args.out, "--out")
+    check_outputs_apart({"--out": args.out}, {"--src": args.src})
     checkpoint = load_checkpoint(args.src)
     if "authors_checkpoint" not in checkpoint["config"]:
         raise CheckpointError(f"'{args.src}' is a checkpoint of this project, not one of the authors'")
@@ -41,5 +44,5 @@ if __name__ == "__main__":
 
     try:
         main(tyro.cli(Args))
-    except CheckpointError as error:
+    except (CheckpointError, OptionError) as error:
         sys.exit(f"error: {error}")
