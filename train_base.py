@@ -54,6 +54,7 @@ from rlq.training import (
     eval_sets,
     evaluate_and_select,
     new_model,
+    release_run_folder,
     restore,
     resume_path,
     save_run,
@@ -277,6 +278,7 @@ def main(cfg: Config) -> dict:
     if best is not None:
         accelerator.print(f"best: epoch {best['epoch']}, {best['evaluation']} top-1 {100 * best['top1']:.1f}, mAP {100 * best['mAP']:.1f}")
     accelerator.end_training()
+    release_run_folder(cfg.output)
     return best
 
 

@@ -10,7 +10,6 @@ import fcntl
 import json
 import math
 import os
-import sys
 import time
 from collections import Counter
 from dataclasses import asdict
@@ -76,41 +75,72 @@ def check_output(output: Path, resume: Path | None, overwrite: bool, accelerator
         probe.unlink()
     except OSError as error:
         raise CheckpointError(f"cannot write to --output '{output}' ({error.strerror}): expected a writable folder") from None
-    problem = [lock_run_folder(output) if accelerator.is_main_process else None]  # the launch's processes lock it once
+    new_run = resume is None and not overwrite
+    problem = [claim_run_folder(output, new_run) if accelerator.is_main_process else None]  # the launch claims it once
     if accelerator.num_processes > 1:
         problem = broadcast_object_list(problem)  # so that every process stops, not the main one alone
     if problem[0] is not None:
         raise CheckpointError(problem[0])
-    if (output / "last.pt").is_file() and resume is None and not overwrite:
-        raise CheckpointError(f"--output '{output}' holds another run's last.pt: continue that run with --resume {output}, "
-                              "or start a new one over it with --overwrite")
     remove_stale_temporaries(output)
 
 
 RUN_LOCK = ".run.lock"
-_held_locks: dict[Path, int] = {}  # run folder -> descriptor of its lock, held until this process exits
+_held_locks: dict[Path, int] = {}  # run folder -> descriptor of its lock, held until the run ends
 
 
-def lock_run_folder(folder: Path) -> str | None:
-    """Take an exclusive lock on `folder` for the life of this process; None, or why another run holds it.
+def claim_run_folder(folder: Path, new_run: bool) -> str | None:
+    """Take an exclusive lock on `folder` for this run; None, or why it cannot be this run's folder.
 
-    An OS lock (flock) on `folder/.run.lock`: the kernel releases it when the process ends, however it ends (exit,
-    crash, kill -9), so a dead run never blocks the next one; the file only says who holds it.
+    An OS lock (flock) on the empty file `folder/.run.lock`: the kernel releases it when the process ends, however it
+    ends (exit, crash, kill -9), so a dead run never blocks the next one, and names the holder (`lock_holder`). The
+    file is never written, so a refused run changes nothing in the folder.
     """
-    if folder.resolve() in _held_locks:  # this process's own run, e.g. a resume called from Python after a run
-        return None
+    last = folder / "last.pt"
+    another_run = (f"--output '{folder}' holds another run's last.pt: continue that run with --resume {folder}, "
+                   "or start a new one over it with --overwrite")
+    if folder.resolve() in _held_locks:  # this process's own run folder (a run called again from Python)
+        return another_run if new_run and last.is_file() else None
+    if new_run and last.is_file() and not (folder / RUN_LOCK).exists():
+        return another_run  # written before runs took locks: nobody can hold it
     descriptor = os.open(folder / RUN_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.read(descriptor, 4096).decode(errors="replace").strip() or "a process that has not said which"
         os.close(descriptor)
-        return (f"--output '{folder}' is in use by another run ({holder}): one run per folder; wait for it to end, "
-                "or give this run another --output")
-    os.ftruncate(descriptor, 0)
-    os.write(descriptor, f"process {os.getpid()}: {' '.join(sys.argv)}".encode())
+        return (f"--output '{folder}' is in use by another run ({lock_holder(folder / RUN_LOCK)}): one run per folder; "
+                "wait for it to end, or give this run another --output")
+    if new_run and last.is_file():
+        os.close(descriptor)
+        return another_run
     _held_locks[folder.resolve()] = descriptor
     return None
+
+
+def lock_holder(path: Path) -> str:
+    """The process holding the flock on `path` and its command line, from the kernel's table (/proc/locks, Linux)."""
+    status = os.stat(path)
+    file_id = f"{os.major(status.st_dev):02x}:{os.minor(status.st_dev):02x}:{status.st_ino}"
+    try:
+        table = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return "another process"
+    for line in table:
+        fields = line.split()
+        if "->" not in fields and len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == file_id:
+            try:
+                command = Path(f"/proc/{fields[4]}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                command = ""
+            command = " ".join(command.split())  # one line, however the command was typed
+            return f"process {fields[4]}" + (f": {command[:200]}" if command else "")
+    return "another process"
+
+
+def release_run_folder(folder: Path) -> None:
+    """The run is over: free its folder for the next one (a process that ends frees it anyway)."""
+    descriptor = _held_locks.pop(folder.resolve(), None)
+    if descriptor is not None:
+        os.close(descriptor)
 
 
 def check_images(samples: list, accelerator: Accelerator, enabled: bool) -> None:

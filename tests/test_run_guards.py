@@ -19,7 +19,7 @@ from test_hardening import TINY_FLAGS, one_error_line, run, snapshot
 
 from rlq.checkpoint import CheckpointError, load_checkpoint
 from rlq.data import DatasetLayoutError
-from rlq.training import RUN_LOCK
+from rlq.training import RUN_LOCK, lock_holder
 
 # --- one run per folder ---------------------------------------------------------------------------------------------
 
@@ -29,17 +29,17 @@ def test_a_folder_in_use_by_another_run_is_refused_with_the_process_that_holds_i
 
     output = tmp_path / "run"
     output.mkdir()
-    holder = os.open(output / RUN_LOCK, os.O_RDWR | os.O_CREAT)  # stands in for another run's process
+    holder = os.open(output / RUN_LOCK, os.O_RDWR | os.O_CREAT)  # this test's process stands in for another run
     fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    os.write(holder, b"process 4242: train_base.py --output run")
+    command = " ".join(Path("/proc/self/cmdline").read_bytes().replace(b"\0", b" ").decode().split())[:200]
     try:
         with pytest.raises(CheckpointError) as error:
             main(Config(root=synthetic_root, output=output, **TINY_RUN))
     finally:
         os.close(holder)
-    assert str(error.value) == (f"--output '{output}' is in use by another run (process 4242: train_base.py --output run): "
+    assert str(error.value) == (f"--output '{output}' is in use by another run (process {os.getpid()}: {command}): "
                                 "one run per folder; wait for it to end, or give this run another --output")
-    assert sorted(p.name for p in output.iterdir()) == [RUN_LOCK]  # nothing of the refused run
+    assert [(p.name, p.stat().st_size) for p in output.iterdir()] == [(RUN_LOCK, 0)]  # nothing of the refused run
 
 
 def test_the_lock_lives_as_long_as_the_run_and_dies_with_it(synthetic_root, tmp_path):
@@ -51,7 +51,7 @@ def test_the_lock_lives_as_long_as_the_run_and_dies_with_it(synthetic_root, tmp_
                              env=os.environ | {"OMP_NUM_THREADS": "1"})
     try:
         deadline = time.monotonic() + 120
-        while f"process {first.pid}:" not in ((output / RUN_LOCK).read_text() if (output / RUN_LOCK).exists() else ""):
+        while not ((output / RUN_LOCK).exists() and lock_holder(output / RUN_LOCK).startswith(f"process {first.pid}:")):
             assert first.poll() is None and time.monotonic() < deadline, "the first run never took its lock"
             time.sleep(0.2)
         for extra in ([], ["--resume", str(output)], ["--overwrite"]):
