@@ -35,6 +35,7 @@ from rlq.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoi
 from rlq.data import DatasetLayoutError, Evaluation, Sample, load_dataset
 from rlq.diagnostics import dataset_clothes_leakage, diagnostics_text, lq_consistency
 from rlq.evaluation import results_table, run_evaluation, run_protocols, run_reranked, run_single_shot, split_features
+from rlq.files import ends_cleanly
 from rlq.launch import LaunchError, check_launch, memory_format, mixed_precision
 from rlq.lowquality import SizeBucketError, degraded_features, low_quality_report, lq_sample_sheet
 from rlq.options import OptionError, at_least, between, check_outputs_apart, output_file, output_folder
@@ -257,7 +258,8 @@ def main(args: Args) -> dict[str, dict]:
 if __name__ == "__main__":
     import tyro
 
-    try:
-        main(tyro.cli(Args))
-    except (CheckpointError, DatasetLayoutError, LaunchError, OptionError, RankingError, RerankMemoryError, SizeBucketError) as error:
-        sys.exit(f"error: {error}")
+    with ends_cleanly():
+        try:
+            main(tyro.cli(Args))
+        except (CheckpointError, DatasetLayoutError, LaunchError, OptionError, RankingError, RerankMemoryError, SizeBucketError) as error:
+            sys.exit(f"error: {error}")

@@ -49,7 +49,7 @@ from rlq.masks import (
     write_key_list,
     write_mask_png,
 )
-from rlq.files import write_csv_atomic
+from rlq.files import die_with_parent, ends_cleanly, write_csv_atomic
 from rlq.options import OptionError, at_least, between, check_outputs_apart, output_folder
 from rlq.pose import image_size
 
@@ -131,7 +131,7 @@ def run_jobs(jobs: list[Job], workers: int) -> list[Result]:
     progress = dict(total=len(jobs), desc="masks", unit="img")
     if workers <= 1:
         return [process(job) for job in tqdm(jobs, **progress)]
-    with Pool(workers) as pool:
+    with Pool(workers, initializer=die_with_parent) as pool:
         return list(tqdm(pool.imap(process, jobs, chunksize=16), **progress))
 
 
@@ -165,7 +165,8 @@ def main(args: Args) -> None:
 if __name__ == "__main__":
     import tyro
 
-    try:
-        main(tyro.cli(Args))
-    except (DatasetLayoutError, MaskInputError, OptionError) as error:
-        sys.exit(f"error: {error}")
+    with ends_cleanly():
+        try:
+            main(tyro.cli(Args))
+        except (DatasetLayoutError, MaskInputError, OptionError) as error:
+            sys.exit(f"error: {error}")

@@ -23,6 +23,7 @@ import numpy as np
 
 from rlq.attributes import num_clusters
 from rlq.data import DatasetLayoutError, Sample, format_table, load_dataset
+from rlq.files import ends_cleanly
 from rlq.options import OptionError, at_least, check_outputs_apart, output_file, output_folder
 from rlq.pose import (
     DEFAULT_KS,
@@ -181,7 +182,8 @@ def main(args: Args) -> None:
 if __name__ == "__main__":
     import tyro
 
-    try:
-        main(tyro.cli(Args))
-    except (DatasetLayoutError, KeypointFileError, ClusteringError, OptionError) as error:
-        sys.exit(f"error: {error}")
+    with ends_cleanly():
+        try:
+            main(tyro.cli(Args))
+        except (DatasetLayoutError, KeypointFileError, ClusteringError, OptionError) as error:
+            sys.exit(f"error: {error}")

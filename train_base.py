@@ -29,6 +29,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 
 from rlq.checkpoint import CheckpointError, load_checkpoint
 from rlq.data import DatasetLayoutError, check_training_identities, hold_out_identities, load_dataset, summary_table
+from rlq.files import ends_cleanly
 from rlq.launch import LaunchError, check_launch, memory_format, mixed_precision
 from rlq.loaders import TrainImages, train_loader
 from rlq.losses import (
@@ -58,6 +59,7 @@ from rlq.training import (
     restore,
     resume_path,
     save_run,
+    stopped_message,
     tensorboard_config,
     train_transform,
 )
@@ -285,7 +287,8 @@ def main(cfg: Config) -> dict:
 if __name__ == "__main__":
     import tyro
 
-    try:
-        main(tyro.cli(Config))
-    except (NonFiniteLoss, CheckpointError, DatasetLayoutError, LaunchError, OptionError) as error:
-        sys.exit(f"error: {error}")
+    with ends_cleanly(stopped_message):
+        try:
+            main(tyro.cli(Config))
+        except (NonFiniteLoss, CheckpointError, DatasetLayoutError, LaunchError, OptionError) as error:
+            sys.exit(f"error: {error}")

@@ -43,6 +43,7 @@ import train_cgal
 from rlq.attributes import AttributeFileError, label_training_samples, num_pose_classes
 from rlq.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from rlq.data import DatasetLayoutError, check_training_identities, hold_out_identities, load_dataset, summary_table
+from rlq.files import ends_cleanly
 from rlq.launch import LaunchError, check_launch, memory_format, mixed_precision
 from rlq.loaders import AttributedTrainImages, TADPairs, tad_loader, train_loader
 from rlq.losses import normalized_mse, softened_kl
@@ -65,6 +66,7 @@ from rlq.training import (
     restore,
     resume_path,
     save_run,
+    stopped_message,
     tensorboard_config,
     train_transform,
 )
@@ -386,7 +388,8 @@ def main(cfg: Config) -> dict:
 if __name__ == "__main__":
     import tyro
 
-    try:
-        main(tyro.cli(Config))
-    except (NonFiniteLoss, CheckpointError, DatasetLayoutError, AttributeFileError, LaunchError, OptionError) as error:
-        sys.exit(f"error: {error}")
+    with ends_cleanly(stopped_message):
+        try:
+            main(tyro.cli(Config))
+        except (NonFiniteLoss, CheckpointError, DatasetLayoutError, AttributeFileError, LaunchError, OptionError) as error:
+            sys.exit(f"error: {error}")

@@ -20,6 +20,7 @@ takes theirs.
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import subprocess
@@ -31,7 +32,7 @@ import torch
 from torch import nn
 
 import rlq
-from rlq.files import atomic_output
+from rlq.files import write_bytes_atomic
 from rlq.model import build_model
 
 
@@ -80,8 +81,9 @@ def provenance(config: dict, arch: str, backbone: str, arch_kwargs: dict, classe
 
 def save_atomic(obj: dict, path: Path) -> None:
     """torch.save to a temporary file beside `path`, then rename: a kill never leaves half a checkpoint."""
-    with atomic_output(path) as tmp:
-        torch.save(obj, tmp)
+    buffer = io.BytesIO()  # serialised first, so that a full disk is reported with the size the file needs
+    torch.save(obj, buffer)
+    write_bytes_atomic(path, buffer.getbuffer())
 
 
 # The authors' files store their rank-1 as a numpy scalar (numpy 1.x pickles it under numpy.core, 2.x under numpy._core).

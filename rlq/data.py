@@ -25,6 +25,7 @@ from typing import Callable, Literal
 
 import numpy as np
 
+from rlq.files import ends_cleanly
 from rlq.images import ImageReadError, load_image
 
 # Files a dataset parser takes as samples: every layout we read names its images .png/.jpg/.jpeg.
@@ -721,7 +722,8 @@ if __name__ == "__main__":
 
     from rlq.attributes import AttributeFileError
 
-    try:
-        main(tyro.cli(SummaryArgs))
-    except (DatasetLayoutError, AttributeFileError) as error:
-        sys.exit(f"error: {error}")
+    with ends_cleanly():
+        try:
+            main(tyro.cli(SummaryArgs))
+        except (DatasetLayoutError, AttributeFileError) as error:
+            sys.exit(f"error: {error}")

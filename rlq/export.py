@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rlq.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from rlq.files import ends_cleanly
 from rlq.options import OptionError, at_least, check_outputs_apart, output_file
 
 
@@ -75,4 +76,5 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    with ends_cleanly():
+        main()

@@ -19,7 +19,7 @@ from pathlib import Path
 from rlq.attributes import attach_attributes, read_gender_csv, read_pose_csv
 from rlq.data import ReIDDataset, load_dataset
 from rlq.diagnostics import chance_top1
-from rlq.files import write_text_atomic
+from rlq.files import ends_cleanly, write_text_atomic
 from rlq.options import OptionError, check_outputs_apart
 
 MODELS = ("base_no_cal", "base", "cgal", "rlq")
@@ -168,4 +168,5 @@ def main(argv: list[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    with ends_cleanly():
+        main()

@@ -25,6 +25,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from rlq.files import ends_cleanly
 from rlq.options import OptionError, check_outputs_apart
 
 
@@ -153,4 +154,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with ends_cleanly():
+        main()

@@ -19,7 +19,7 @@ import json
 import statistics
 from pathlib import Path
 
-from rlq.files import read_json_file, write_text_atomic
+from rlq.files import ends_cleanly, read_json_file, write_text_atomic
 from rlq.options import OptionError, check_outputs_apart, output_file
 
 
@@ -109,4 +109,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    with ends_cleanly():
+        main()

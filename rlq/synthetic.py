@@ -52,7 +52,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from rlq.files import die_with_parent, remove_stale_temporaries
+from rlq.files import die_with_parent, ends_cleanly, remove_stale_temporaries
 
 
 class SynthConfigError(ValueError):
@@ -1070,8 +1070,17 @@ def _render_all(root: Path, seed: int, specs: tuple[ImageSpec, ...], workers: in
         return _render_chunk(root, seed, list(specs))
     n_chunks = workers * 4
     chunks = [list(specs[i::n_chunks]) for i in range(n_chunks)]
-    with ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=die_with_parent) as pool:
+    pool = ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=die_with_parent)
+    try:
         parts = list(pool.map(_render_chunk, [root] * n_chunks, [seed] * n_chunks, chunks))
+    except BaseException:
+        # Ctrl-C or an error: end the workers now instead of waiting for the chunks they render (the executor keeps
+        # its processes in a private table; the workers ignore SIGINT and would otherwise finish their chunk).
+        for process in list(getattr(pool, "_processes", {}).values()):
+            process.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
     results: list = [None] * len(specs)
     for i, part in enumerate(parts):
         results[i::n_chunks] = part
@@ -1296,4 +1305,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with ends_cleanly():
+        main()

@@ -64,6 +64,32 @@ def check_parameters(model: torch.nn.Module, epoch: int, accelerator: Accelerato
                             "not finite or above 1e6): stopping without writing them; last.pt keeps the epochs before")
 
 
+class RunState:
+    """Where this process's training run is: what it says when Ctrl-C or SIGTERM stops it (`stopped_message`)."""
+
+    def __init__(self) -> None:
+        self.output: Path | None = None
+        self.main = True  # a launch's other processes say nothing
+        self.where = "its start-up"
+        self.saved: str | None = None  # what this run's last write of last.pt holds
+
+
+RUN = RunState()
+
+
+def stopped_message() -> str | None:
+    """The one line a stopped training run ends with: where it was, what last.pt holds, how to go on."""
+    if not RUN.main:
+        return None
+    if RUN.output is None:
+        return "interrupted during start-up; nothing was written"
+    last = RUN.output / "last.pt"
+    if not last.is_file():
+        return f"interrupted in {RUN.where}, before the first checkpoint: run the same command again"
+    held = RUN.saved or "what it held when this run started"
+    return f"interrupted in {RUN.where}; {last} holds {held}: continue with --resume {RUN.output}"
+
+
 def check_output(output: Path, resume: Path | None, overwrite: bool, accelerator: Accelerator) -> None:
     """A run folder that can be written, that no other run is using (locked for this run's life), not holding another
     run's checkpoint unless asked to; stale temporaries removed. Call it on every process."""
@@ -81,6 +107,8 @@ def check_output(output: Path, resume: Path | None, overwrite: bool, accelerator
         problem = broadcast_object_list(problem)  # so that every process stops, not the main one alone
     if problem[0] is not None:
         raise CheckpointError(problem[0])
+    RUN.__init__()
+    RUN.output, RUN.main = output, accelerator.is_main_process
     remove_stale_temporaries(output)
 
 
@@ -204,6 +232,8 @@ class LossLog:
         self.steps = 0  # steps of this pass read back so far
         self.totals: dict[str, float] = {}
         self.progress = tqdm(total=steps, desc=desc, disable=not accelerator.is_main_process, leave=False)
+        self.desc, self.total = desc, steps
+        RUN.where = f"{desc}, step 0 of {steps}"
 
     def add(self, terms: dict[str, torch.Tensor]) -> None:
         values = torch.stack([t.detach().float() for t in terms.values()])
@@ -215,6 +245,7 @@ class LossLog:
         self.window_steps += 1
         self.global_step += 1
         self.progress.update()
+        RUN.where = f"{self.desc}, step {self.steps + self.window_steps} of {self.total}"
         if self.window_steps == self.every:
             self._flush()
 
@@ -347,6 +378,9 @@ def save_run(cfg, accelerator: Accelerator, improved: bool = False, extra: dict 
             save_atomic(without_training_state(checkpoint), cfg.output / "best.pt")
         save_atomic(checkpoint, cfg.output / "last.pt")
         write_json_atomic(cfg.output / "metrics.json", {"best": checkpoint["best"], **checkpoint["history"]})
+        done = checkpoint["epoch"]
+        RUN.saved = {0: "no whole epoch", 1: "epoch 0"}.get(done, f"epochs 0-{done - 1}") + (
+            f" and the TAD phase of epoch {done}" if checkpoint.get("phase") == "tad" else "")
 
 
 def without_training_state(checkpoint: dict) -> dict:
@@ -438,6 +472,7 @@ def evaluate_and_select(model, dataset: ReIDDataset, splits: dict, evaluations: 
 
     Returns (best, improved); `improved` is True on the main process only. Call it on every process.
     """
+    RUN.where = f"the evaluation after epoch {epoch}"
     share_batchnorm_statistics(model, accelerator)
     bare_model = accelerator.unwrap_model(model)
     results, features, missing = evaluate_model(bare_model, splits, evaluations, accelerator, **loader_options)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from rlq.authors import describe
 from rlq.checkpoint import CheckpointError, load_checkpoint, save_atomic
+from rlq.files import ends_cleanly
 from rlq.options import OptionError, check_outputs_apart, output_file
 
 
@@ -42,7 +43,8 @@ def main(args: Args) -> None:
 if __name__ == "__main__":
     import tyro
 
-    try:
-        main(tyro.cli(Args))
-    except (CheckpointError, OptionError) as error:
-        sys.exit(f"error: {error}")
+    with ends_cleanly():
+        try:
+            main(tyro.cli(Args))
+        except (CheckpointError, OptionError) as error:
+            sys.exit(f"error: {error}")

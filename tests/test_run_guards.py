@@ -159,3 +159,82 @@ def test_no_protocol_with_a_valid_query_is_one_error_line(tiny_run, one_outfit_t
     line = one_error_line(run("evaluate.py", "--checkpoint", str(tiny_run / "best.pt"), "--dataset", "ltcc", "--root", str(root),
                               "--num-workers", "0"))
     assert line.startswith(f"error: no protocol of ltcc ({root}) has a valid query: standard: no valid query"), line
+
+
+# --- faults end cleanly -------------------------------------------------------------------------------------------------
+
+
+def _processes_in_session(session: int) -> list[str]:
+    done = subprocess.run(["ps", "-s", str(session), "-o", "pid=,args="], capture_output=True, text=True)
+    return [line for line in done.stdout.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("how", ["SIGINT to the process group (Ctrl-C)", "SIGTERM to the main process"])
+def test_a_signal_ends_a_training_run_with_one_line_saying_how_to_resume(how, synthetic_root, tmp_path):
+    output = tmp_path / "run"
+    flags = [*TINY_FLAGS, "--dataset", "synthetic", "--root", str(synthetic_root), "--output", str(output), "--num-workers", "1"]
+    run_ = subprocess.Popen([sys.executable, "train_base.py", *flags, "--epochs", "50", "--max-steps-per-epoch", "2"],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env=os.environ | {"OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 240
+    while not (output / "last.pt").is_file():  # stopped mid-run, with a checkpoint to go on from
+        assert run_.poll() is None and time.monotonic() < deadline, "the run wrote no checkpoint"
+        time.sleep(0.2)
+    time.sleep(1.0)
+    sent = time.monotonic()
+    if how.startswith("SIGINT"):
+        os.killpg(run_.pid, signal.SIGINT)
+    else:
+        run_.send_signal(signal.SIGTERM)
+    stderr = run_.communicate(timeout=60)[1]
+    assert time.monotonic() - sent < 20 and run_.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    lines = [line for line in stderr.replace("\r", "\n").splitlines() if line.strip()]
+    assert sum(line.startswith("stopped: ") for line in lines) == 1 and lines[-1].startswith("stopped: interrupted in "), lines[-5:]
+    epochs = load_checkpoint(output / "last.pt")["epoch"]
+    held = "epoch 0" if epochs == 1 else f"epochs 0-{epochs - 1}"
+    assert lines[-1].endswith(f"; {output / 'last.pt'} holds {held}: continue with --resume {output}"), lines[-1]
+    time.sleep(0.5)
+    assert _processes_in_session(run_.pid) == []  # the loader worker went with it
+    done = run("train_base.py", *flags, "--epochs", str(epochs + 1), "--max-steps-per-epoch", "2", "--resume", str(output))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert load_checkpoint(output / "last.pt")["epoch"] == epochs + 1
+
+
+def test_a_full_disk_while_writing_a_checkpoint_is_one_line_and_keeps_the_previous_one(synthetic_root, tmp_path):
+    from train_base import Config, main
+
+    from rlq.files import DiskFullError
+
+    main(Config(root=synthetic_root, output=tmp_path, **(TINY_RUN | {"epochs": 1})))
+    before = (tmp_path / "last.pt").read_bytes()
+    # The next last.pt is written to `.last.pt.<pid>.tmp`, then renamed: make that a file on which every write fails
+    # with ENOSPC, as on a full disk.
+    (tmp_path / f".last.pt.{os.getpid()}.tmp").symlink_to("/dev/full")
+    with pytest.raises(DiskFullError) as error:
+        main(Config(root=synthetic_root, output=tmp_path, resume=tmp_path, **(TINY_RUN | {"epochs": 2})))
+    message = str(error.value)
+    assert message.startswith(f"the disk is full: writing '{tmp_path / 'last.pt'}' needs ") and " MB, " in message, message
+    assert message.endswith(" free there; the previous last.pt is intact: free some space and run again"), message
+    assert (tmp_path / "last.pt").read_bytes() == before
+    assert not list(tmp_path.glob(".last.pt.*"))  # no temporary left behind
+
+
+def test_scripts_turn_a_full_disk_and_signals_into_one_line(capsys):
+    import errno
+
+    from rlq.files import DiskFullError, ends_cleanly
+
+    with pytest.raises(SystemExit) as stop, ends_cleanly():
+        raise DiskFullError("the disk is full: writing 'x' needs 1.0 MB, 0 bytes free there; nothing was written in its place")
+    assert stop.value.code == "error: the disk is full: writing 'x' needs 1.0 MB, 0 bytes free there; nothing was written in its place"
+    with pytest.raises(SystemExit) as stop, ends_cleanly():
+        raise OSError(errno.ENOSPC, "No space left on device", "/data/out.json")
+    assert stop.value.code == ("error: the disk is full: cannot write '/data/out.json' (No space left on device): "
+                               "free some space and run again")
+    with pytest.raises(SystemExit) as stop, ends_cleanly(lambda: "interrupted in epoch 3"):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+    assert stop.value.code == 130 and capsys.readouterr().err == "stopped: interrupted in epoch 3\n"
+    with pytest.raises(PermissionError), ends_cleanly():  # other errors are not disguised
+        raise PermissionError(errno.EACCES, "Permission denied", "/root/x")
