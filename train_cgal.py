@@ -160,6 +160,10 @@ class Config:
     """Start a new run in an --output folder that holds another run's last.pt (without it, that is refused)."""
     check_images: bool = True
     """Decode every training and evaluation image at start and stop with the list of unreadable ones (about 5 s per 10,000 images on 2 cores)."""
+    adam_steps_idle_parameters: bool = False
+    """Reproduce PyTorch < 2.0 (the authors' 1.13.1): zero_grad leaves zero gradients, not none, so Adam keeps moving
+    the parameters a step does not use (the pose branch and head without --attributes pose, the gender head without gender) by its momentum and weight
+    decay. Off: they stay still, as under PyTorch >= 2.0."""
     max_steps_per_epoch: int | None = None
     """Cap on steps per epoch (quick runs and tests); by default an epoch is one pass of the P x K sampler."""
 
@@ -212,7 +216,7 @@ def train_step(cfg, adversarial, batch, model, clothes_classifier, optimizer, cl
     if "gender" in cfg.attributes:
         terms["gender_accuracy"] = accuracy(out.gender_logits, genders)
 
-    optimizer.zero_grad(set_to_none=True)
+    optimizer.zero_grad(set_to_none=not cfg.adam_steps_idle_parameters)
     accelerator.backward(terms["total"])
     optimizer.step()
     return terms

@@ -171,6 +171,10 @@ class Config:
     """Start a new run in an --output folder that holds another run's last.pt (without it, that is refused)."""
     check_images: bool = True
     """Decode every target, external and evaluation image at start and stop with the list of unreadable ones."""
+    adam_steps_idle_parameters: bool = False
+    """Reproduce PyTorch < 2.0 (the authors' 1.13.1): zero_grad leaves zero gradients, not none, so Adam keeps moving
+    the parameters a step does not use (in TAD the pose branch and the gender and pose heads) by its momentum and weight
+    decay. Off: they stay still, as under PyTorch >= 2.0."""
     max_steps_per_epoch: int | None = None
     """Cap on the steps of each phase per epoch (quick runs and tests)."""
 
@@ -233,11 +237,14 @@ def tad_terms(model, teacher, x_hq: torch.Tensor, x_lq: torch.Tensor, accelerato
     return terms
 
 
-def tad_step(batch, model, teacher, optimizer, accelerator):
-    """One TAD step on one batch of external images; returns the loss terms as device tensors."""
+def tad_step(batch, model, teacher, optimizer, accelerator, adam_steps_idle_parameters: bool = False):
+    """One TAD step on one batch of external images; returns the loss terms as device tensors.
+
+    The pose branch and the attribute heads get no gradient here: with `adam_steps_idle_parameters` they keep the zero
+    gradients zero_grad leaves them (PyTorch < 2.0), so Adam still moves them; without, they keep none and stay still."""
     x_hq, x_lq = (x.to(accelerator.device, non_blocking=True, memory_format=memory_format(accelerator.device)) for x in batch)
     terms = tad_terms(model, teacher, x_hq, x_lq, accelerator)
-    optimizer.zero_grad(set_to_none=True)
+    optimizer.zero_grad(set_to_none=not adam_steps_idle_parameters)
     accelerator.backward(terms["total"])
     optimizer.step()
     return terms
@@ -252,7 +259,7 @@ def tad_epoch(cfg, epoch, model, teacher, optimizer, loader, accelerator, global
     for step, batch in enumerate(loader):
         if step == steps:
             break
-        log.add(tad_step(batch, model, teacher, optimizer, accelerator))
+        log.add(tad_step(batch, model, teacher, optimizer, accelerator, cfg.adam_steps_idle_parameters))
     return log.close()
 
 

@@ -75,6 +75,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--select-on", choices=["test", "val"], default="test",
                    help="test: the paper's selection (on the test set); val: the validation split")
     p.add_argument("--val-ids", type=int, default=0, help="LTCC with --select-on val: identities held out for validation")
+    p.add_argument("--mixed-precision", choices=["auto", "no", "bf16", "fp16"], default="auto",
+                   help="every training and evaluation command's --mixed-precision (no: fp32, as the authors trained)")
+    p.add_argument("--adam-steps-idle-parameters", action="store_true",
+                   help="the training commands' option of that name: Adam moves the parameters a step leaves unused, "
+                        "as under the authors' PyTorch 1.13 (RLQ and CGAL runs)")
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
     args = p.parse_args(argv)
     args.out = args.out or Path("runs/reproduce") / args.name
@@ -96,7 +101,10 @@ def train_command(args: argparse.Namespace, run: PaperRun, seed: int, folder: Pa
     launch = ["accelerate", "launch"] if shutil.which("accelerate") else [sys.executable, "-m", "accelerate.commands.launch"]
     command = [*launch, "--multi_gpu", "--num_processes", str(run.processes), run.script,
                "--dataset", run.dataset, "--root", str(args.root), "--batch-size", str(run.batch_size),
-               "--epochs", str(EPOCHS), "--seed", str(seed), "--output", str(folder), "--select-on", args.select_on]
+               "--epochs", str(EPOCHS), "--seed", str(seed), "--output", str(folder), "--select-on", args.select_on,
+               "--mixed-precision", args.mixed_precision]
+    if args.adam_steps_idle_parameters and run.script != "train_base.py":  # the base model uses every parameter
+        command += ["--adam-steps-idle-parameters"]
     if args.val_ids:
         command += ["--val-ids", str(args.val_ids)]
     if run.script == "train_rlq.py":
@@ -121,7 +129,7 @@ def commands(args: argparse.Namespace) -> list[tuple[list[str], Path | None]]:
             result = folder / "test.json"
             steps.append((train_command(args, run, seed, folder), result))
             steps.append(([sys.executable, "evaluate.py", "--checkpoint", str(folder / run.checkpoint), "--root", str(args.root),
-                           "--json", str(result)], result))
+                           "--mixed-precision", args.mixed_precision, "--json", str(result)], result))
             evaluations.append(str(result))
         steps.append(([sys.executable, "-m", "rlq.seeds", *evaluations, "--evaluation", run.evaluation,
                        "--out", str(args.out / run.name / "seeds")], None))

@@ -66,6 +66,23 @@ def test_celeb_trains_the_base_teacher_and_with_attribute_files_the_cgal_teacher
     assert [s for c in both if "launch" in c for s in c if s.startswith("train_")] == ["train_base.py", "train_cgal.py"]
 
 
+def test_precision_and_the_idle_parameter_option_reach_every_command():
+    """By default the scripts' own defaults (auto precision, PyTorch 2 zero_grad); asked for, the authors' setting
+    (fp32, Adam moving idle parameters) reaches every training and evaluation command."""
+    for extra, precision, idle in (([], "auto", False), (["--mixed-precision", "no", "--adam-steps-idle-parameters"], "no", True)):
+        lines = dry_run("ltcc", *RLQ_ARGS, *extra)
+        trainings, evaluations = [c for c in lines if "train_rlq.py" in c], [c for c in lines if "evaluate.py" in c]
+        assert len(trainings) == len(evaluations) == 4
+        assert all(option(c, "--mixed-precision") == precision for c in trainings + evaluations)
+        assert all(("--adam-steps-idle-parameters" in c) == idle for c in trainings)
+    celeb = dry_run("celeb", "--gender-csv", "G.csv", "--pose-csv", "P.csv", "--mixed-precision", "no",
+                    "--adam-steps-idle-parameters")
+    trainings = {s: c for c in celeb if "launch" in c for s in c if s.startswith("train_")}
+    assert "--adam-steps-idle-parameters" in trainings["train_cgal.py"]
+    assert "--adam-steps-idle-parameters" not in trainings["train_base.py"]  # every parameter is used there
+    assert all(option(c, "--mixed-precision") == "no" for c in celeb if "launch" in c or "evaluate.py" in c)
+
+
 def test_a_rerun_resumes_and_skips_what_is_done(tmp_path):
     (tmp_path / "rlq" / "seed1").mkdir(parents=True)
     (tmp_path / "rlq" / "seed1" / "test.json").write_text("{}")

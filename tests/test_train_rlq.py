@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -150,3 +153,49 @@ def test_ablation_switches_choose_the_loss_terms(synthetic_root, attribute_files
 def test_base_student_refuses_attribute_files(synthetic_root, attribute_files, tiny_run, tmp_path):
     with pytest.raises(ValueError, match="--tad-model base predicts no attributes"):
         _run(synthetic_root, attribute_files, tiny_run, tmp_path, tad_model="base")
+
+
+@pytest.mark.parametrize("adam_steps_idle_parameters", [False, True])
+def test_idle_parameters_in_a_tad_step_move_only_as_adam_moves_zero_gradients(adam_steps_idle_parameters):
+    """A CAP step, then a TAD step: the pose branch and the attribute heads get no gradient in TAD. Under PyTorch < 2.0
+    (the option) zero_grad left them zero gradients and Adam stepped them: checked against Adam written out by hand."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_train
+
+    from rlq.training import adam
+
+    args = argparse.Namespace(backbone="resnet18", height=64, width=32, batch_size=8, num_pids=6, clothes_per_pid=2)
+    device, accelerator = torch.device("cpu"), Accelerator(cpu=True)
+    model, clothes_classifier, teacher = bench_train.make_models(args, "tad", device, torch.contiguous_format)
+    lr, weight_decay = 3.5e-4, 5e-4
+    optimizer, clothes_optimizer = adam(model.parameters(), lr, weight_decay), adam(clothes_classifier.parameters(), lr, weight_decay)
+    cfg = train_rlq.Config(teacher="none", adam_steps_idle_parameters=adam_steps_idle_parameters)
+    pid2clothes = bench_train.pid2clothes_matrix(args, device)
+    train_rlq.cap_step(cfg, True, bench_train.make_batches(args, "cap", device)[0], model, clothes_classifier, optimizer,
+                       clothes_optimizer, pid2clothes, accelerator)
+
+    idle = {name: p for name, p in model.named_parameters()
+            if name.startswith(("pose_branch.", "pose_neck.", "pose_classifier.", "gender_classifier."))}
+    assert len(idle) > 10
+    before = {name: (p.detach().clone(), *(optimizer.state[p][k].clone() for k in ("exp_avg", "exp_avg_sq", "step")))
+              for name, p in idle.items()}
+    used = dict(model.named_parameters())["id_classifier.weight"].detach().clone()
+    train_rlq.tad_step(bench_train.make_batches(args, "tad", device)[0], model, teacher, optimizer, accelerator,
+                       cfg.adam_steps_idle_parameters)
+    assert not torch.equal(dict(model.named_parameters())["id_classifier.weight"], used)  # the step did happen
+
+    beta1, beta2 = optimizer.param_groups[0]["betas"]
+    eps = optimizer.param_groups[0]["eps"]
+    moved = [name for name, p in idle.items() if not torch.equal(p.detach(), before[name][0])]
+    assert len(moved) > len(idle) // 2 if adam_steps_idle_parameters else moved == [], moved
+    for name, p in idle.items():
+        weight, exp_avg, exp_avg_sq, step = before[name]
+        if not adam_steps_idle_parameters:
+            assert torch.equal(p.detach(), weight), name  # no gradient: Adam leaves it alone
+            continue
+        gradient = weight_decay * weight  # a zero gradient plus Adam's coupled weight decay
+        exp_avg = beta1 * exp_avg + (1 - beta1) * gradient
+        exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * gradient**2
+        t = float(step) + 1
+        expected = weight - lr * (exp_avg / (1 - beta1**t)) / ((exp_avg_sq / (1 - beta2**t)).sqrt() + eps)
+        torch.testing.assert_close(p.detach(), expected, rtol=1e-6, atol=1e-8, msg=name)
