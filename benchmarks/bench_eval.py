@@ -130,14 +130,16 @@ def timed(fn: Callable[[], dict], sync: Callable[[], None]) -> tuple[float, dict
     return time.perf_counter() - start, result
 
 
-def machine_description(device: torch.device) -> str:
-    cpu = platform.processor() or platform.machine()
+def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
-        pass
-    parts = [f"CPU {cpu} ({os.cpu_count()} logical cores)", f"torch threads {torch.get_num_threads()}"]
+        return platform.processor() or platform.machine()
+
+
+def machine_description(device: torch.device) -> str:
+    parts = [f"CPU {cpu_name()} ({os.cpu_count()} logical cores)", f"torch threads {torch.get_num_threads()}"]
     if device.type == "cuda":
         parts.append(f"GPU {torch.cuda.get_device_name(device)}")
     if hasattr(os, "getloadavg"):

@@ -50,9 +50,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
+from bench_eval import cpu_name  # noqa: E402
 
 from rlq.checkpoint import load_checkpoint  # noqa: E402
 
+PYTHON = [sys.executable]  # every check's processes run on this interpreter
 LTCC_EPOCH = {"tad": 631, "cap": 299}  # steps of one RLQ epoch on LTCC at batch 32 (as bench_train.py)
 PAPER_EPOCHS = 200
 RLQ_RUN_HOURS = 3.0  # target: a 200-epoch RLQ run on LTCC on one GPU
@@ -200,21 +202,17 @@ def last_error(output: str) -> str:
     return (errors or lines or ["no output"])[-1][:300]
 
 
-def python() -> list[str]:
-    return [sys.executable]
-
-
 # ----------------------------------------------------------------------------- data
 
 
 def check_data(ctx: Context, row: Row, factor: float) -> None:
     """The synthetic dataset (LTCC + Celeb-reID layouts), pose clusters of its training images and its clothes masks."""
-    ctx.run("synthetic", [*python(), "-m", "rlq.synthetic", "--out", str(ctx.data), "--seed", "0", *ctx.sizes.synthetic],
+    ctx.run("synthetic", [*PYTHON, "-m", "rlq.synthetic", "--out", str(ctx.data), "--seed", "0", *ctx.sizes.synthetic],
             timeout=600)
-    ctx.run("pose", [*python(), "preprocess_pose.py", "--dataset", "synthetic", "--root", str(ctx.data), "--keypoints",
+    ctx.run("pose", [*PYTHON, "preprocess_pose.py", "--dataset", "synthetic", "--root", str(ctx.data), "--keypoints",
                      str(ctx.data / "target" / "keypoints.json"), "--out", str(ctx.work / "pose.csv"), "--variants", "R_LA",
                      "--ks", "15"], timeout=300)
-    ctx.run("masks", [*python(), "preprocess_masks.py", "--dataset", "synthetic", "--root", str(ctx.data), "--parsing",
+    ctx.run("masks", [*PYTHON, "preprocess_masks.py", "--dataset", "synthetic", "--root", str(ctx.data), "--parsing",
                       str(ctx.data / "target" / "parsing"), "--out", str(ctx.work / "masks")], timeout=300)
     counts = json.loads((ctx.data / "manifest.json").read_text())["counts"]
     heights = crop_heights(ctx.data)
@@ -257,8 +255,8 @@ def training_flags(ctx: Context, script: str, steps: int, output: Path) -> list[
 
 def launcher(ctx: Context, processes: int) -> tuple[list[str], dict]:
     if processes == 1:
-        return python(), {}
-    launch = [*python(), "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1"]
+        return PYTHON, {}
+    launch = [*PYTHON, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1"]
     if ctx.gpu:
         return launch, {}
     # Accelerate 1.x: --cpu --num_processes 2 starts one process; the torchrun launcher with ACCELERATE_USE_CPU forms a group.
@@ -292,7 +290,7 @@ def check_training(ctx: Context, row: Row, factor: float, script: str, processes
 
     if processes == 1:
         evaluation = ctx.work / f"{output.name}-eval.json"
-        ctx.run(f"{script}-evaluate", [*python(), "evaluate.py", "--checkpoint", str(output / "last.pt"), "--root", str(ctx.data),
+        ctx.run(f"{script}-evaluate", [*PYTHON, "evaluate.py", "--checkpoint", str(output / "last.pt"), "--root", str(ctx.data),
                                        "--rerank", "--degrade", "mix", "--batch-size", str(ctx.sizes.eval_batch_size),
                                        "--json", str(evaluation)]
                 + (["--num-workers", str(ctx.sizes.num_workers)] if ctx.sizes.num_workers is not None else []), timeout)
@@ -352,7 +350,7 @@ def evaluation_summary(results: dict) -> dict[str, float | str]:
 def bench(ctx: Context, name: str, arguments: list[str], timeout: float) -> dict:
     """Run benchmarks/<name> with --json; its results."""
     out = ctx.work / f"{Path(name).stem}.json"
-    ctx.run(Path(name).stem, [*python(), str(REPO / "benchmarks" / name), *arguments, "--json", str(out)], timeout)
+    ctx.run(Path(name).stem, [*PYTHON, str(REPO / "benchmarks" / name), *arguments, "--json", str(out)], timeout)
     return json.loads(out.read_text())
 
 
@@ -459,14 +457,6 @@ def machine(ctx: Context) -> dict:
         info["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
         info["driver"] = nvidia_driver()
     return info
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def nvidia_driver() -> str | None:

@@ -24,6 +24,7 @@ from rlq.data import Evaluation, ReIDDataset, Sample, format_table
 from rlq.evaluation import extract_features, run_evaluation
 from rlq.files import read_csv_rows
 from rlq.masks import SIZE_BUCKETS, size_csv_name
+from rlq.metrics import NoValidQuery
 from rlq.transforms import DEGRADATIONS, degrade_for_eval, load_image
 
 KINDS = (*DEGRADATIONS, "mix")
@@ -102,9 +103,7 @@ def bucket_results(evaluation: Evaluation, splits: dict[str, list[Sample]], feat
         sub_features = features | {evaluation.query_split: features[evaluation.query_split][members]}
         try:
             results[bucket] = run_evaluation(evaluation, sub_splits, sub_features)
-        except ValueError as error:
-            if not str(error).startswith("no valid query"):
-                raise
+        except NoValidQuery:
             results[bucket] = {"num_valid_queries": 0, "num_skipped_queries": len(members)}
     return results
 

@@ -70,8 +70,12 @@ class RunState:
     def __init__(self) -> None:
         self.output: Path | None = None
         self.main = True  # a launch's other processes say nothing
-        self.where = "its start-up"
+        self.where = "its start-up"  # outside a training pass
+        self.log: LossLog | None = None  # the training pass under way, which says its own step
         self.saved: str | None = None  # what this run's last write of last.pt holds
+
+    def place(self) -> str:
+        return self.log.place() if self.log is not None else self.where
 
 
 RUN = RunState()
@@ -85,9 +89,9 @@ def stopped_message() -> str | None:
         return "interrupted during start-up; nothing was written"
     last = RUN.output / "last.pt"
     if not last.is_file():
-        return f"interrupted in {RUN.where}, before the first checkpoint: run the same command again"
+        return f"interrupted in {RUN.place()}, before the first checkpoint: run the same command again"
     held = RUN.saved or "what it held when this run started"
-    return f"interrupted in {RUN.where}; {last} holds {held}: continue with --resume {RUN.output}"
+    return f"interrupted in {RUN.place()}; {last} holds {held}: continue with --resume {RUN.output}"
 
 
 def check_output(output: Path, resume: Path | None, overwrite: bool, accelerator: Accelerator) -> None:
@@ -123,12 +127,11 @@ def claim_run_folder(folder: Path, new_run: bool) -> str | None:
     ends (exit, crash, kill -9), so a dead run never blocks the next one, and names the holder (`lock_holder`). The
     file is never written, so a refused run changes nothing in the folder.
     """
-    last = folder / "last.pt"
     another_run = (f"--output '{folder}' holds another run's last.pt: continue that run with --resume {folder}, "
-                   "or start a new one over it with --overwrite")
+                   "or start a new one over it with --overwrite") if new_run and (folder / "last.pt").is_file() else None
     if folder.resolve() in _held_locks:  # this process's own run folder (a run called again from Python)
-        return another_run if new_run and last.is_file() else None
-    if new_run and last.is_file() and not (folder / RUN_LOCK).exists():
+        return another_run
+    if another_run and not (folder / RUN_LOCK).exists():
         return another_run  # written before runs took locks: nobody can hold it
     descriptor = os.open(folder / RUN_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -137,7 +140,7 @@ def claim_run_folder(folder: Path, new_run: bool) -> str | None:
         os.close(descriptor)
         return (f"--output '{folder}' is in use by another run ({lock_holder(folder / RUN_LOCK)}): one run per folder; "
                 "wait for it to end, or give this run another --output")
-    if new_run and last.is_file():
+    if another_run:
         os.close(descriptor)
         return another_run
     _held_locks[folder.resolve()] = descriptor
@@ -233,7 +236,7 @@ class LossLog:
         self.totals: dict[str, float] = {}
         self.progress = tqdm(total=steps, desc=desc, disable=not accelerator.is_main_process, leave=False)
         self.desc, self.total = desc, steps
-        RUN.where = f"{desc}, step 0 of {steps}"
+        RUN.log = self
 
     def add(self, terms: dict[str, torch.Tensor]) -> None:
         values = torch.stack([t.detach().float() for t in terms.values()])
@@ -245,7 +248,6 @@ class LossLog:
         self.window_steps += 1
         self.global_step += 1
         self.progress.update()
-        RUN.where = f"{self.desc}, step {self.steps + self.window_steps} of {self.total}"
         if self.window_steps == self.every:
             self._flush()
 
@@ -267,6 +269,10 @@ class LossLog:
         self.window, self.window_steps = None, 0
         self.accelerator.log({f"{self.prefix}/{k}": v for k, v in named.items()}, step=self.global_step)
         self.progress.set_postfix({k: f"{v:.3f}" for k, v in named.items()})
+
+    def place(self) -> str:
+        """Where the pass is, for the line of a stopped run."""
+        return f"{self.desc}, step {self.steps + self.window_steps} of {self.total}"
 
     def close(self) -> tuple[dict[str, float], int]:
         """The pass's mean of every term, and the global step after it."""
@@ -472,7 +478,7 @@ def evaluate_and_select(model, dataset: ReIDDataset, splits: dict, evaluations: 
 
     Returns (best, improved); `improved` is True on the main process only. Call it on every process.
     """
-    RUN.where = f"the evaluation after epoch {epoch}"
+    RUN.log, RUN.where = None, f"the evaluation after epoch {epoch}"
     share_batchnorm_statistics(model, accelerator)
     bare_model = accelerator.unwrap_model(model)
     results, features, missing = evaluate_model(bare_model, splits, evaluations, accelerator, **loader_options)
