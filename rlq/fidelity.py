@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import tyro
+
 from rlq.files import ends_cleanly, write_text_atomic
 from rlq.report import COLUMNS, ReportError, mean_std, row_from_evaluation
 
@@ -27,7 +29,8 @@ PAIRS = (
 
 def compare(rows_a: list[dict], rows_b: list[dict]) -> list[dict]:
     """Per metric: mean ± std of each side over seeds, the per-seed difference b - a (mean ± std), and whether the
-    difference of the means exceeds the seed spread (the larger of the two standard deviations)."""
+    difference of the means exceeds the seed spread (the larger of the two standard deviations; None with one seed,
+    which has no spread)."""
     seeds_a, seeds_b = [r["seed"] for r in rows_a], [r["seed"] for r in rows_b]
     if seeds_a != seeds_b:
         raise ReportError(f"the pair was run on different seeds: {seeds_a} vs {seeds_b}")
@@ -38,7 +41,7 @@ def compare(rows_a: list[dict], rows_b: list[dict]) -> list[dict]:
         diff_mean, diff_std = mean_std([y - x for x, y in zip(a, b)])
         metrics.append({"metric": key, "a_mean": mean_a, "a_std": std_a, "b_mean": mean_b, "b_std": std_b,
                         "diff_mean": diff_mean, "diff_std": diff_std,
-                        "exceeds_seed_spread": abs(mean_b - mean_a) > max(std_a, std_b)})
+                        "exceeds_seed_spread": abs(mean_b - mean_a) > max(std_a, std_b) if len(a) > 1 else None})
     return metrics
 
 
@@ -54,14 +57,15 @@ def comparison_markdown(title: str, a: str, b: str, metrics: list[dict], seeds: 
     """One pair's table: a row per metric."""
     percent = {key: p for key, _, p in COLUMNS}
     names = {key: name for key, name, _ in COLUMNS}
-    lines = [f"**{title}** ({seeds} seeds; `{a}` vs `{b}`)", "",
+    verdicts = {True: "**yes**", False: "no", None: "n/a (one seed)"}
+    lines = [f"**{title}** ({seeds} seed{'s' if seeds > 1 else ''}; `{a}` vs `{b}`)", "",
              f"| metric | {a} | {b} | {b} − {a}, per seed | exceeds seed spread? |", "|---|---:|---:|---:|---|"]
     for m in metrics:
         p = percent[m["metric"]]
         lines.append(f"| {names[m['metric']]} | {_value(m['a_mean'], p)} ± {_value(m['a_std'], p)} "
                      f"| {_value(m['b_mean'], p)} ± {_value(m['b_std'], p)} "
                      f"| {_signed(m['diff_mean'], p)} ± {_value(m['diff_std'], p)} "
-                     f"| {'**yes**' if m['exceeds_seed_spread'] else 'no'} |")
+                     f"| {verdicts[m['exceeds_seed_spread']]} |")
     return "\n".join(lines)
 
 
@@ -84,7 +88,7 @@ def rows_of(out: Path, model: str, seeds: list[int]) -> list[dict]:
 class Args:
     """Compare the fidelity runs (scripts/fidelity.sh): for each pair, mean ± std over seeds and the per-seed difference."""
 
-    out: Path
+    out: tyro.conf.Positional[Path]
     """The folder scripts/fidelity.sh wrote (holding seed<S>/<model>.eval.json)."""
     seeds: tuple[int, ...] = (1, 2, 3)
     """The training seeds to read."""
@@ -109,7 +113,5 @@ def main(args: Args) -> str:
 
 
 if __name__ == "__main__":
-    import tyro
-
     with ends_cleanly():
         main(tyro.cli(Args))

@@ -62,3 +62,12 @@ def test_missing_run_and_unpaired_seeds_are_clear_errors(tmp_path):
     rows = [{"seed": 1, **{k: 0.1 for k, _, _ in fidelity.COLUMNS}}]
     with pytest.raises(fidelity.ReportError, match=r"different seeds: \[1\] vs \[2\]"):
         fidelity.compare(rows, [{**rows[0], "seed": 2}])
+
+
+def test_one_seed_has_no_spread_to_exceed(tmp_path):
+    _write(tmp_path, "base", 1, cc_top1=0.3)
+    _write(tmp_path, "base_bf16", 1, cc_top1=0.5)
+    metrics = fidelity.compare(fidelity.rows_of(tmp_path, "base", [1]), fidelity.rows_of(tmp_path, "base_bf16", [1]))
+    assert all(m["exceeds_seed_spread"] is None for m in metrics)
+    table = fidelity.comparison_markdown("t", "base", "base_bf16", metrics, 1)
+    assert "(1 seed;" in table and "| CC top-1 | 30.0 ± 0.0 | 50.0 ± 0.0 | +20.0 ± 0.0 | n/a (one seed) |" in table
