@@ -25,8 +25,10 @@ from typing import Callable, Literal
 
 import numpy as np
 
+from rlq.attributes import AttributeFileError, attribute_coverage
 from rlq.files import ends_cleanly
 from rlq.images import ImageReadError, load_image
+from rlq.samples import Sample
 
 # Files a dataset parser takes as samples: every layout we read names its images .png/.jpg/.jpeg.
 SAMPLE_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -41,26 +43,6 @@ DATASETS = ("ltcc", "prcc", "celeb", "last", "deepchange", "synthetic", "synthet
 
 class DatasetLayoutError(ValueError):
     """The folder given as a dataset root does not look like that dataset."""
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One image and its labels.
-
-    `key` is the image key the authors' attribute CSVs use (pose clusters,
-    faulty masks); `pid_key` is the identity as written in the data (the ID
-    column of the gender CSVs). `gender` and `pose` stay -1 until
-    `rlq.attributes.attach_attributes` fills them.
-    """
-
-    path: str
-    pid: int
-    camid: int
-    clothes_id: int
-    key: str
-    pid_key: str
-    gender: int = -1
-    pose: int = -1
 
 
 @dataclass(frozen=True)
@@ -685,8 +667,6 @@ class SummaryArgs:
 
 
 def main(args: SummaryArgs) -> None:
-    from rlq.attributes import attribute_coverage
-
     dataset = load_dataset(args.dataset, args.root)
     info = summary(dataset)
     coverage = attribute_coverage(dataset.train, args.gender_csv, args.pose_csv, args.pose_column)
@@ -719,8 +699,6 @@ if __name__ == "__main__":
     import sys
 
     import tyro
-
-    from rlq.attributes import AttributeFileError
 
     with ends_cleanly():
         try:
