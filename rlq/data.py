@@ -9,7 +9,7 @@ only PRCC and LaST keep the identity in a folder name, and there we read the
 immediate parent folder and nothing above it.
 
     python -m rlq.data --dataset ltcc --root /data/LTCC_ReID
-    python -m rlq.data --dataset synthetic --json
+    python -m rlq.data --dataset synthetic --print-json
 """
 
 from __future__ import annotations
@@ -21,13 +21,14 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Annotated, Callable, Literal
 
 import numpy as np
 
 from rlq.attributes import AttributeFileError, attribute_coverage
 from rlq.files import ends_cleanly
 from rlq.images import ImageReadError, load_image
+from rlq.options import formerly
 from rlq.samples import Sample
 
 # Files a dataset parser takes as samples: every layout we read names its images .png/.jpg/.jpeg.
@@ -652,8 +653,8 @@ class SummaryArgs:
     """Which dataset layout to read."""
     root: Path | None = None
     """Dataset folder (e.g. /data/LTCC_ReID). Optional for the synthetic datasets (generated into a cache)."""
-    json: bool = False
-    """Print JSON instead of a table."""
+    print_json: Annotated[bool, formerly("--json", "--print-json")] = False
+    """Print the summary as JSON instead of a table."""
     gender_csv: Path | None = None
     """Gender CSV in the authors' format (Category,ID,Gender): report its coverage of the training identities."""
     pose_csv: Path | None = None
@@ -672,7 +673,7 @@ def main(args: SummaryArgs) -> None:
     coverage = attribute_coverage(dataset.train, args.gender_csv, args.pose_csv, args.pose_column)
     if coverage:
         info["attributes"] = coverage
-    if args.json:
+    if args.print_json:
         print(json.dumps(info, indent=2))
         return
     print(summary_table(dataset))
@@ -702,6 +703,6 @@ if __name__ == "__main__":
 
     with ends_cleanly():
         try:
-            main(tyro.cli(SummaryArgs))
+            main(tyro.cli(SummaryArgs, prog="python -m rlq.data"))
         except (DatasetLayoutError, AttributeFileError) as error:
             sys.exit(f"error: {error}")
