@@ -1,7 +1,7 @@
 """Clothes masks, faulty-mask lists and resolution buckets from human parsing.
 
 For every image of the chosen splits, reads its SCHP parsing (a label-map PNG
-or an H x W x 20 score-map `.npy`, LIP labels), and writes under `--out` (the
+or an H x W x 20 score-map `.npy`, LIP labels), and writes under `--output` (the
 layout is documented in `rlq/masks.py`):
 
 - `<Sample.key>.png`: bit-field masks (tops, pants, whole clothes, silhouette, head),
@@ -12,7 +12,7 @@ The parsing of image `<dataset root>/<rel>.<ext>` is `<parsing>/<rel>.png` or
 `<parsing>/<rel>.npy`, e.g. `parsing/train/000_1_c1_000001.png` for
 `LTCC_ReID/train/000_1_c1_000001.png`.
 
-    python preprocess_masks.py --dataset ltcc --root /data/LTCC_ReID --parsing /data/schp/LTCC_ReID --out masks/ltcc
+    python preprocess_masks.py --dataset ltcc --root /data/LTCC_ReID --parsing /data/schp/LTCC_ReID --output masks/ltcc
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import sys
 from dataclasses import dataclass
 from multiprocessing import Pool
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 from tqdm import tqdm
@@ -50,7 +50,7 @@ from rlq.masks import (
     write_mask_png,
 )
 from rlq.files import die_with_parent, ends_cleanly, write_csv_atomic
-from rlq.options import OptionError, at_least, between, check_outputs_apart, output_folder
+from rlq.options import OptionError, at_least, between, check_outputs_apart, formerly, output_folder
 from rlq.pose import image_size
 
 
@@ -63,7 +63,7 @@ class Args:
     """Which dataset layout to read."""
     parsing: Path
     """Parsing outputs mirroring the dataset folder: <parsing>/<rel>.png (LIP label map) or <parsing>/<rel>.npy (SCHP scores H x W x 20) for image <root>/<rel>.<ext>."""
-    out: Path
+    output: Annotated[Path, formerly("--out", "--output")]
     """Output folder: <key>.png bit-field masks, faulty_tops.txt, faulty_pants.txt, sizes.csv."""
     root: Path | None = None
     """Dataset folder (e.g. /data/LTCC_ReID). Optional for the synthetic datasets."""
@@ -119,7 +119,7 @@ def make_jobs(args: Args, root: Path, samples: list[Sample]) -> list[Job]:
         if parsing is None:
             missing.append(sample)
             continue
-        jobs.append(Job(sample.path, sample.key, parsing, mask_path(args.out, sample), args.min_fraction, args.max_second_piece))
+        jobs.append(Job(sample.path, sample.key, parsing, mask_path(args.output, sample), args.min_fraction, args.max_second_piece))
     if missing:
         expected = [(s.path, *parsing_candidates(args.parsing, root, s.path)) for s in missing[:3]]
         first = "; ".join(f"image '{image}' -> expected '{png}' or '{npy}'" for image, png, npy in expected)
@@ -139,8 +139,8 @@ def main(args: Args) -> None:
     at_least(1, workers=args.workers)
     between("min_fraction", args.min_fraction, 0, 1)
     between("max_second_piece", args.max_second_piece, 0, 1)
-    output_folder(args.out, "--out")
-    check_outputs_apart({"--out": args.out}, {"--parsing": args.parsing, "--root": args.root})
+    output_folder(args.output, "--output")
+    check_outputs_apart({"--output": args.output}, {"--parsing": args.parsing, "--root": args.root})
     dataset = load_dataset(args.dataset, args.root)
     splits = list(dict.fromkeys(args.splits))  # a split named twice is processed once
     unknown = [s for s in splits if s not in dataset.splits]
@@ -151,15 +151,15 @@ def main(args: Args) -> None:
     results = run_jobs(make_jobs(args, dataset.root, samples), args.workers)
 
     for part, name in FAULTY_FILES.items():
-        write_key_list(args.out / name, [r.key for r in results if part in r.faulty])
+        write_key_list(args.output / name, [r.key for r in results if part in r.faulty])
     rows = [size_row(*size_csv_name(dataset.name, dataset.root, s.path), r.height) for s, r in zip(samples, results)]
-    write_csv_atomic(args.out / SIZES_FILE, SIZE_HEADER, rows)
+    write_csv_atomic(args.output / SIZES_FILE, SIZE_HEADER, rows)
 
     counts = [sum(part in r.faulty for r in results) for part in FAULTY_FILES] + [sum(bool(r.faulty) for r in results)]
     buckets = np.bincount([size_bucket(r.height) for r in results], minlength=len(SIZE_BUCKETS))
     print(format_table(["images", "faulty tops", "faulty pants", "either (one colour)"], [[len(results), *counts]]))
     print(format_table(["height", *SIZE_BUCKETS], [["images", *buckets]]))
-    print(f"wrote {len(results)} masks, {', '.join(FAULTY_FILES.values())} and {SIZES_FILE} to {args.out}")
+    print(f"wrote {len(results)} masks, {', '.join(FAULTY_FILES.values())} and {SIZES_FILE} to {args.output}")
 
 
 if __name__ == "__main__":

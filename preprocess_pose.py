@@ -6,10 +6,10 @@ the training images that have a skeleton for every K, and writes
 `Category,Image,R_LA_5,R_LAC_5,...` with labels 1..K (0 = no skeleton).
 
     python preprocess_pose.py --dataset ltcc --root /data/LTCC_ReID \\
-        --keypoints alphapose/train.json --out LTCC_Pose_Cluster.csv --figures pose_figures
+        --keypoints alphapose/train.json --output LTCC_Pose_Cluster.csv --figures pose_figures
     # analysis of a test split: fit on train, label the query images
     python preprocess_pose.py --dataset ltcc --root /data/LTCC_ReID --split query \\
-        --keypoints alphapose/train.json alphapose/query.json --out LTCC_QUERY_Pose_Cluster.csv
+        --keypoints alphapose/train.json alphapose/query.json --output LTCC_QUERY_Pose_Cluster.csv
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 
 from rlq.attributes import num_clusters
 from rlq.data import DatasetLayoutError, Sample, format_table, load_dataset
 from rlq.files import ends_cleanly
-from rlq.options import OptionError, at_least, check_outputs_apart, output_file, output_folder
+from rlq.options import OptionError, at_least, check_outputs_apart, formerly, output_file, output_folder
 from rlq.pose import (
     DEFAULT_KS,
     VARIANTS,
@@ -56,7 +56,7 @@ class Args:
     """Which dataset layout to read."""
     keypoints: tuple[Path, ...]
     """AlphaPose results JSON file(s), e.g. one per split folder. Records match images by file name, or by path relative to the dataset root where names repeat (PRCC)."""
-    out: Path
+    output: Annotated[Path, formerly("--out", "--output")]
     """Pose-cluster CSV to write (Category,Image,<variant>_<K>,...)."""
     root: Path | None = None
     """Dataset folder (e.g. /data/LTCC_ReID). Optional for the synthetic datasets."""
@@ -132,9 +132,9 @@ def write_figures(
 
 def main(args: Args) -> None:
     at_least(1, n_init=args.n_init)
-    output_file(args.out, "--out")
+    output_file(args.output, "--output")
     output_folder(args.figures, "--figures")
-    check_outputs_apart({"--out": args.out, "--figures": args.figures}, {"--keypoints": args.keypoints, "--root": args.root})
+    check_outputs_apart({"--output": args.output, "--figures": args.figures}, {"--keypoints": args.keypoints, "--root": args.root})
     dataset = load_dataset(args.dataset, args.root)
     if args.split not in dataset.splits:
         raise DatasetLayoutError(f"{dataset.name} has no split '{args.split}': expected one of {', '.join(dataset.splits)}")
@@ -171,9 +171,9 @@ def main(args: Args) -> None:
         inertias[variant, k] = float(model.inertia_)
         labels[column] = cluster_labels(model, vectors[variant][in_target], has_skeleton)
 
-    write_pose_csv(args.out, [(args.split, s.key) for s in target], labels)
+    write_pose_csv(args.output, [(args.split, s.key) for s in target], labels)
     print_report(labels, inertias)
-    print(f"\nwrote {args.out} ({len(target)} rows, {len(labels)} columns)")
+    print(f"\nwrote {args.output} ({len(target)} rows, {len(labels)} columns)")
     if args.figures is not None:
         write_figures(args.figures, target, labels, inertias, args.seed)
         print(f"wrote figures to {args.figures}")

@@ -22,7 +22,6 @@ the teacher).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -30,46 +29,65 @@ import shlex
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
+import tyro
 from PIL import Image
 
 from rlq.data import Sample
-from rlq.options import OptionError, check_outputs_apart
+from rlq.options import OptionError, check_outputs_apart, formerly
 from rlq.loaders import AttributedTrainImages, DeviceAugmented, TADPairs, TrainImages, eval_loader, tad_loader, train_loader
 from rlq.masks import FAULTY_FILES, MASK_BITS, write_key_list, write_mask_png
 from rlq.recolour import Recolouring
 from rlq.sampler import PKSampler
 from rlq.transforms import DeferredTrainTransform, TrainTransform
 
-PIPELINES = ("base", "cap", "tad", "eval")
 ANCHOR_IMAGES_PER_S = 1600.0
 NETWORK_IMAGES_PER_ITEM = {"base": 1, "cap": 2, "tad": 3}
 IMAGES_PER_ID = 8
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--images", type=int, default=2000, help="generated crops")
-    p.add_argument("--height", type=int, default=384)
-    p.add_argument("--width", type=int, default=192)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--batches", type=int, default=30, help="timed batches per measurement (after one untimed)")
-    p.add_argument("--workers", type=int, nargs="+", default=None, help="default: 1, 2, 4 ... up to the logical cores")
-    p.add_argument("--pipelines", nargs="+", default=list(PIPELINES), choices=PIPELINES)
-    p.add_argument("--augment-on", nargs="+", default=["workers", "device"], choices=["workers", "device"],
-                   help="the scripts' --augment-on: all of the augmentation in the workers, or its batched part on the device "
-                        "(not timed here: the workers then hand over resized uint8 images and the draws)")
-    p.add_argument("--train-json", type=Path, default=None, help="bench_train.py --json output: the step rates to feed")
-    p.add_argument("--folder", type=Path, default=None, help="generate the crops here (default: a temporary folder)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", type=Path, default=None, help="also write the results here")
-    args = p.parse_args(argv)
-    if args.workers is None:
+@dataclass
+class Args:
+    """Images/s of each training input pipeline (decode + augment + collate) for 1, 2, 4... loader workers."""
+
+    crops: Annotated[int, formerly("--images", "--crops")] = 2000
+    """Generated person crops."""
+    height: int = 384
+    """Height the pipelines resize to."""
+    width: int = 192
+    """Width the pipelines resize to."""
+    batch_size: int = 32
+    """Items per batch."""
+    batches: int = 30
+    """Timed batches per measurement (after one untimed)."""
+    workers: tuple[int, ...] = ()
+    """Loader worker counts to measure (default: 1, 2, 4 ... up to the logical cores)."""
+    pipelines: tuple[Literal["base", "cap", "tad", "eval"], ...] = ("base", "cap", "tad", "eval")
+    """The pipelines to measure."""
+    augment_on: tuple[Literal["workers", "device"], ...] = ("workers", "device")
+    """The scripts' --augment-on: all of the augmentation in the workers, or its batched part on the device (not timed
+    here: the workers then hand over resized uint8 images and the draws)."""
+    train_json: Path | None = None
+    """bench_train.py --json output: the step rates to feed (default: an assumed 1,600 images/s)."""
+    folder: Path | None = None
+    """Generate the crops here (default: a temporary folder)."""
+    seed: int = 0
+    """Seed of the generated crops and of the loaders' draws."""
+    json: Path | None = None
+    """Also write the results to this JSON file."""
+
+
+def parse_args(argv: list[str] | None = None) -> Args:
+    """The options, with the worker counts filled in."""
+    args = tyro.cli(Args, args=argv)
+    if not args.workers:
         cores = os.cpu_count() or 1
-        args.workers = [2**i for i in range(int(math.log2(cores)) + 1)]
+        args.workers = tuple(2**i for i in range(int(math.log2(cores)) + 1))
     return args
 
 
@@ -110,14 +128,14 @@ def body_masks(height: int, width: int) -> np.ndarray:
     return bits
 
 
-def make_loader(pipeline: str, augment_on: str, samples: list[Sample], masks: Path, args: argparse.Namespace, workers: int):
+def make_loader(pipeline: str, augment_on: str, samples: list[Sample], masks: Path, args: Args, workers: int):
     """The pipeline's DataLoader (with --augment-on device, the one inside `DeviceAugmented`: the workers' part only)."""
     transform = (DeferredTrainTransform if augment_on == "device" else TrainTransform)(args.height, args.width)
     loader = _make_loader(pipeline, transform, samples, masks, args, workers)
     return loader.loader if isinstance(loader, DeviceAugmented) else loader
 
 
-def _make_loader(pipeline: str, transform: TrainTransform, samples: list[Sample], masks: Path, args: argparse.Namespace,
+def _make_loader(pipeline: str, transform: TrainTransform, samples: list[Sample], masks: Path, args: Args,
                  workers: int):
     device = torch.device("cpu")
     if pipeline == "eval":
@@ -171,7 +189,7 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.folder or Path(tmp)
         start = time.perf_counter()
-        samples, masks = generate_crops(folder, args.images, args.seed)
+        samples, masks = generate_crops(folder, args.crops, args.seed)
         print(f"generated {len(samples)} crops (heights 50-400, half JPEG, half PNG) in {time.perf_counter() - start:.0f} s; "
               f"output {args.height}x{args.width}, batch {args.batch_size}, {args.batches} timed batches\n")
         rates = {(p, a): {w: items_per_second(make_loader(p, a, samples, masks, args, w), args.batches, args.batch_size)

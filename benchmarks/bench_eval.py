@@ -14,7 +14,6 @@ classic Market-1501 / CAL evaluators.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -22,10 +21,13 @@ import shlex
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
+import tyro
 
 from rlq.metrics import PROTOCOLS, evaluate
 
@@ -35,31 +37,51 @@ METRIC_KEYS = ("top1", "top5", "top10", "top20", "mAP", "mINP")
 TOLERANCE = 1e-4
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--queries", type=int, default=2000)
-    p.add_argument("--gallery", type=int, default=20000)
-    p.add_argument("--dim", type=int, default=128)
-    p.add_argument("--ids", type=int, default=500, help="identities")
-    p.add_argument("--cameras", type=int, default=6)
-    p.add_argument("--clothes-per-id", type=int, default=3)
-    p.add_argument("--noise", type=float, default=1.5,
-                   help="noise std relative to the identity centres (larger: harder)")
-    p.add_argument("--pure-random", action="store_true", help="features are pure noise")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=PROTOCOLS)
-    p.add_argument("--repeats", type=int, default=3, help="timed rounds; the minimum of each is reported")
-    p.add_argument("--chunk-size", type=int, default=None)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    p.add_argument("--skip-reference", action="store_true",
-                   help="time evaluate only (the reference takes minutes at LaST size)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", type=Path, default=None, help="also write the results here")
-    return p.parse_args(argv)
+@dataclass
+class Args:
+    """Time rlq.metrics.evaluate against a straightforward per-query numpy evaluator, on the same random features."""
+
+    queries: int = 2000
+    """Query features."""
+    gallery: int = 20000
+    """Gallery features."""
+    dim: int = 128
+    """Feature dimension."""
+    ids: int = 500
+    """Identities."""
+    cameras: int = 6
+    """Cameras."""
+    clothes_per_id: int = 3
+    """Outfits per identity."""
+    noise: float = 1.5
+    """Noise std relative to the identity centres (larger: harder)."""
+    pure_random: bool = False
+    """Features are pure noise."""
+    device: str = "cpu"
+    """Where rlq.metrics.evaluate runs (cpu, cuda, cuda:1, ...); the reference always runs on the CPU."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Feature dtype on the device (the reference gets the same values in float32)."""
+    protocols: tuple[Literal["standard", "cc", "sc"], ...] = PROTOCOLS
+    """The protocols to time."""
+    repeats: int = 3
+    """Timed rounds; the minimum of each evaluator is reported."""
+    chunk_size: int | None = None
+    """Queries per chunk of rlq.metrics.evaluate (default: derived from the sizes, to bound memory)."""
+    threads: int | None = None
+    """Torch CPU threads (default: torch's)."""
+    skip_reference: bool = False
+    """Time rlq.metrics.evaluate only (the reference takes minutes at LaST size)."""
+    seed: int = 0
+    """Seed of the random features and labels."""
+    json: Path | None = None
+    """Also write the results to this JSON file."""
 
 
-def make_data(args: argparse.Namespace) -> dict[str, np.ndarray]:
+def parse_args(argv: list[str] | None = None) -> Args:
+    return tyro.cli(Args, args=argv)
+
+
+def make_data(args: Args) -> dict[str, np.ndarray]:
     """Random features and labels; float32 numpy arrays / int64 labels."""
     rng = np.random.default_rng(args.seed)
     query_pids = rng.integers(0, args.ids, args.queries)

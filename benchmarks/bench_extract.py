@@ -6,7 +6,7 @@
    --reference-batch-size. Both give features of the same images: the smallest cosine between
    the two says what the precision costs.
 2. End to end: `rlq.evaluation.extract_features` (what evaluate.py and the training scripts
-   run: decode, resize, normalise, forward, gather) on generated crops with --workers loader
+   run: decode, resize, normalise, forward, gather) on generated crops with --num-workers loader
    workers.
 
     python benchmarks/bench_extract.py                    # CPU: ResNet-18, 64x32
@@ -15,16 +15,18 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
+import tyro
 from accelerate import Accelerator
 from bench_data import generate_crops
 from bench_eval import machine_description
@@ -32,23 +34,42 @@ from bench_eval import machine_description
 from rlq.evaluation import extract_features
 from rlq.launch import memory_format, mixed_precision
 from rlq.model import build_model
+from rlq.options import formerly
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--backbone", default=None, help="default: resnet18 on CPU, resnet50.tv_in1k on CUDA")
-    p.add_argument("--height", type=int, default=None, help="default: 64 on CPU, 384 on CUDA")
-    p.add_argument("--width", type=int, default=None, help="default: 32 on CPU, 192 on CUDA")
-    p.add_argument("--batch-size", type=int, default=None, help="ours (default: 32 on CPU, 512 on CUDA)")
-    p.add_argument("--reference-batch-size", type=int, default=None, help="the reference's (default: 32 on CPU, 128 on CUDA)")
-    p.add_argument("--images", type=int, default=None, help="images per timed pass (default: 256 on CPU, 4096 on CUDA)")
-    p.add_argument("--repeats", type=int, default=3, help="timed passes per path, alternating; the best is reported")
-    p.add_argument("--mixed-precision", default="auto", choices=["auto", "no", "bf16", "fp16"])
-    p.add_argument("--workers", type=int, default=2, help="loader workers of the end-to-end pass")
-    p.add_argument("--crops", type=int, default=None, help="generated crops of the end-to-end pass (default: 512 CPU, 4096 CUDA)")
-    p.add_argument("--json", type=Path, default=None, help="also write the results here")
-    args = p.parse_args(argv)
+@dataclass
+class Args:
+    """Feature-extraction images/s: our evaluation path against a plain fp32 one, then end to end with the data loader."""
+
+    device: Literal["cpu", "cuda"] = "cpu"
+    """Where the network runs."""
+    backbone: str | None = None
+    """timm ResNet of the base model (default: resnet18 on CPU, resnet50.tv_in1k on CUDA)."""
+    height: int | None = None
+    """Input height (default: 64 on CPU, 384 on CUDA)."""
+    width: int | None = None
+    """Input width (default: 32 on CPU, 192 on CUDA)."""
+    batch_size: int | None = None
+    """Our batch (default: 32 on CPU, 512 on CUDA)."""
+    reference_batch_size: int | None = None
+    """The reference's batch (default: 32 on CPU, 128 on CUDA)."""
+    images: int | None = None
+    """Synthetic images per timed network pass (default: 256 on CPU, 4096 on CUDA)."""
+    repeats: int = 3
+    """Timed passes per path, alternating; the best is reported."""
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    """Our autocast precision, as evaluate.py's option (auto: bf16 on a GPU that has it, else fp32)."""
+    num_workers: Annotated[int, formerly("--workers", "--num-workers")] = 2
+    """Data-loader worker processes of the end-to-end pass."""
+    crops: int | None = None
+    """Generated crops of the end-to-end pass (default: 512 on CPU, 4096 on CUDA)."""
+    json: Path | None = None
+    """Also write the results to this JSON file."""
+
+
+def parse_args(argv: list[str] | None = None) -> Args:
+    """The options, with the defaults of --device filled in."""
+    args = tyro.cli(Args, args=argv)
     gpu = args.device == "cuda"
     defaults = {"backbone": "resnet50.tv_in1k" if gpu else "resnet18", "height": 384 if gpu else 64, "width": 192 if gpu else 32,
                 "batch_size": 512 if gpu else 32, "reference_batch_size": 128 if gpu else 32, "images": 4096 if gpu else 256,
@@ -117,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         samples, _ = generate_crops(Path(tmp), args.crops, seed=0)
-        options = dict(height=args.height, width=args.width, batch_size=args.batch_size, num_workers=args.workers)
+        options = dict(height=args.height, width=args.width, batch_size=args.batch_size, num_workers=args.num_workers)
         extract_features(model, samples[: args.batch_size], accelerator, **options)  # warm-up
         synchronize(device)
         start = time.perf_counter()
@@ -125,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
         synchronize(device)
         end_to_end = len(samples) / (time.perf_counter() - start)
     print(f"\nend to end (rlq.evaluation.extract_features, {args.crops} generated crops 50-400 px tall, "
-          f"{args.workers} workers, their start-up included): {end_to_end:.1f} images/s")
+          f"{args.num_workers} workers, their start-up included): {end_to_end:.1f} images/s")
     result = {"reference": reference_rate, "ours": our_rate, "ratio": our_rate / reference_rate, "min_cosine": agreement,
               "end_to_end": end_to_end, "reference_peak_mib": reference_peak, "ours_peak_mib": our_peak}
     if args.json is not None:

@@ -12,32 +12,44 @@ distances there. Features: identity centres + noise, L2-normalised.
 
 from __future__ import annotations
 
-import argparse
 import json
 import resource
 import shlex
-import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
+import tyro
 
 K1, K2, LAMBDA = 20, 6, 0.3
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", nargs="+", default=["500x5000", "2000x30000"], help="QUERIESxGALLERY")
-    p.add_argument("--dim", type=int, default=256)
-    p.add_argument("--ids", type=int, default=500)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dense-limit-gib", type=float, default=4.0, help="run the dense reference where its matrices fit in this")
-    p.add_argument("--json", type=Path, default=None, help="also write the results here")
-    p.add_argument("--one", choices=["ours", "dense"], help=argparse.SUPPRESS)  # internal: one measurement, JSON on stdout
-    p.add_argument("--size", help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+@dataclass
+class Args:
+    """Time and peak memory of k-reciprocal re-ranking: rlq.rerank against a dense implementation of the published algorithm."""
+
+    sizes: tuple[str, ...] = ("500x5000", "2000x30000")
+    """Problem sizes, each QUERIESxGALLERY."""
+    dim: int = 256
+    """Feature dimension."""
+    ids: int = 500
+    """Identities of the random features."""
+    device: str = "cpu"
+    """Where rlq.rerank runs (cpu, cuda, ...); the dense reference always runs on the CPU."""
+    dense_limit_gib: float = 4.0
+    """Run the dense reference where its N x N matrices fit in this many GiB."""
+    json: Path | None = None
+    """Also write the results to this JSON file."""
+
+
+def parse_args(argv: list[str] | None = None) -> Args:
+    return tyro.cli(Args, args=argv)
 
 
 def features(num_query: int, num_gallery: int, dim: int, ids: int) -> tuple[np.ndarray, np.ndarray]:
@@ -83,18 +95,18 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
-def measure_one(args: argparse.Namespace) -> dict:
-    """In a child process: one path at one size; seconds, peak extra memory, and a digest of the distances."""
+def measure_one(path: Literal["ours", "dense"], size: str, dim: int, ids: int, device_name: str) -> dict:
+    """In a process of its own: one path at one size; seconds, peak extra memory, and a sample of the distances."""
     from rlq.rerank import rerank
 
-    num_query, num_gallery = (int(v) for v in args.size.split("x"))
-    query, gallery = features(num_query, num_gallery, args.dim, args.ids)
-    device = torch.device(args.device)
+    num_query, num_gallery = (int(v) for v in size.split("x"))
+    query, gallery = features(num_query, num_gallery, dim, ids)
+    device = torch.device(device_name)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     before = rss_bytes()
     start = time.perf_counter()
-    if args.one == "dense":
+    if path == "dense":
         sample = dense_reranking(query, gallery)[:50, :200]
     else:
         # Every query's distances are computed, a block of rows at a time, as an evaluation consumes them; only the
@@ -115,20 +127,14 @@ def measure_one(args: argparse.Namespace) -> dict:
     return result
 
 
-def run_child(args: argparse.Namespace, path: str, size: str) -> dict:
-    command = [sys.executable, __file__, "--one", path, "--size", size, "--dim", str(args.dim), "--ids", str(args.ids),
-               "--device", args.device]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"{path} at {size} failed:\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+def run_child(args: Args, path: Literal["ours", "dense"], size: str) -> dict:
+    """`measure_one` in a fresh process: spawned, not forked, so that nothing this process holds counts in its peak."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        return pool.submit(measure_one, path, size, args.dim, args.ids, args.device).result()
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    if args.one:
-        print(json.dumps(measure_one(args)))
-        return {}
     print("command:", shlex.join([sys.executable, *sys.argv]))
     print(f"k1 {K1}, k2 {K2}, lambda {LAMBDA}; dim {args.dim}, {args.ids} identities; device {args.device}\n")
     report = {}

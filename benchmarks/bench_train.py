@@ -20,14 +20,16 @@ proportion of the paper's LTCC epoch (631 TAD + 299 CAP steps at batch 32).
 
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
+import tyro
 from accelerate import Accelerator
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,6 +51,7 @@ from rlq.losses import (  # noqa: E402
     triplet_loss,
 )
 from rlq.model import CosineClassifier, build_model  # noqa: E402
+from rlq.options import usage_error  # noqa: E402
 from rlq import training  # noqa: E402
 from rlq.training import LossLog, adam  # noqa: E402
 from tqdm import tqdm  # noqa: E402
@@ -56,7 +59,8 @@ from tqdm import tqdm  # noqa: E402
 # No progress bars from the loss logs of the timed steps.
 training.tqdm = lambda *args, **kwargs: tqdm(*args, **(kwargs | {"disable": True}))
 
-STAGES = ("cal", "base", "cgal", "tad", "cap")
+Stage = Literal["cal", "base", "cgal", "tad", "cap"]
+STAGES: tuple[Stage, ...] = get_args(Stage)
 ARCH = {"cal": "cal", "base": "base", "cgal": "rlq", "tad": "rlq", "cap": "rlq"}
 RLQ_KWARGS = {"split_after": "layer2", "pose_split_after": "layer1", "num_pose_classes": 16, "gender_input": "f2"}
 LTCC_EPOCH = {"tad": 631, "cap": 299}  # steps per RLQ epoch on LTCC at batch 32
@@ -64,24 +68,43 @@ TARGETS = {"cal": 1.7, "rlq epoch": 1.9}  # on a GPU (issue 12)
 LR, WEIGHT_DECAY = 3.5e-4, 5e-4
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--backbone", default=None, help="timm ResNet (default: resnet18 on CPU, resnet50.tv_in1k on CUDA)")
-    p.add_argument("--height", type=int, default=None, help="default: 64 on CPU, 384 on CUDA")
-    p.add_argument("--width", type=int, default=None, help="default: 32 on CPU, 192 on CUDA")
-    p.add_argument("--batch-size", type=int, default=None, help="images per step (TAD: HQ/LQ pairs); default 16 CPU, 64 CUDA")
-    p.add_argument("--num-pids", type=int, default=77, help="identity classes (LTCC: 77)")
-    p.add_argument("--clothes-per-pid", type=int, default=3, help="clothes classes per identity")
-    p.add_argument("--steps", type=int, default=None, help="timed steps per path (default 5 CPU, 30 CUDA)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 2 CPU, 10 CUDA)")
-    p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
-    p.add_argument("--mixed-precision", default="auto", choices=["auto", "no", "bf16", "fp16"],
-                   help="ours: the scripts' --mixed-precision (auto: bf16 on a GPU that has it, else fp32)")
-    p.add_argument("--compile", action="store_true", help="ours with torch.compile (the scripts' --compile)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    p.add_argument("--json", type=Path, default=None, help="also write the results here")
-    args = p.parse_args(argv)
+@dataclass
+class Args:
+    """Time the real training step of every stage against a plain fp32 eager step of the same network and losses."""
+
+    device: Literal["cpu", "cuda"] = "cpu"
+    """Where the steps run."""
+    backbone: str | None = None
+    """timm ResNet (default: resnet18 on CPU, resnet50.tv_in1k on CUDA)."""
+    height: int | None = None
+    """Input height (default: 64 on CPU, 384 on CUDA)."""
+    width: int | None = None
+    """Input width (default: 32 on CPU, 192 on CUDA)."""
+    batch_size: int | None = None
+    """Images per step (TAD: HQ/LQ pairs), a multiple of 4 (default: 16 on CPU, 64 on CUDA)."""
+    num_pids: int = 77
+    """Identity classes (LTCC: 77)."""
+    clothes_per_pid: int = 3
+    """Clothes classes per identity."""
+    steps: int | None = None
+    """Timed steps per path (default: 5 on CPU, 30 on CUDA)."""
+    warmup: int | None = None
+    """Untimed steps first (default: 2 on CPU, 10 on CUDA)."""
+    stages: tuple[Stage, ...] = STAGES
+    """The stages to time."""
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    """Ours: the scripts' --mixed-precision (auto: bf16 on a GPU that has it, else fp32)."""
+    compile: bool = False
+    """Ours with torch.compile (the scripts' --compile)."""
+    threads: int | None = None
+    """Torch CPU threads (default: torch's)."""
+    json: Path | None = None
+    """Also write the results to this JSON file."""
+
+
+def parse_args(argv: list[str] | None = None) -> Args:
+    """The options, with the defaults of --device filled in."""
+    args = tyro.cli(Args, args=argv)
     gpu = args.device == "cuda"
     defaults = {"backbone": "resnet50.tv_in1k" if gpu else "resnet18", "height": 384 if gpu else 64, "width": 192 if gpu else 32,
                 "batch_size": 64 if gpu else 16, "steps": 30 if gpu else 5, "warmup": 10 if gpu else 2}
@@ -89,14 +112,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if getattr(args, name) is None:
             setattr(args, name, value)
     if args.batch_size % 4:
-        p.error("--batch-size must be a multiple of 4 (P identities x 4 images)")
+        usage_error("--batch-size must be a multiple of 4 (P identities x 4 images)")
     return args
 
 
 # ----------------------------------------------------------------------------- inputs and models
 
 
-def make_batches(args: argparse.Namespace, stage: str, device: torch.device, count: int = 4) -> list[tuple]:
+def make_batches(args: Args, stage: str, device: torch.device, count: int = 4) -> list[tuple]:
     """`count` synthetic batches in the layout of the stage's loader (P x 4 identities, each image in its owner's clothes)."""
     g = torch.Generator().manual_seed(0)
     b = args.batch_size
@@ -116,12 +139,12 @@ def make_batches(args: argparse.Namespace, stage: str, device: torch.device, cou
     return batches
 
 
-def pid2clothes_matrix(args: argparse.Namespace, device: torch.device) -> torch.Tensor:
+def pid2clothes_matrix(args: Args, device: torch.device) -> torch.Tensor:
     owner = torch.arange(args.num_pids * args.clothes_per_pid) // args.clothes_per_pid
     return (owner[None, :] == torch.arange(args.num_pids)[:, None]).float().to(device)
 
 
-def make_models(args: argparse.Namespace, stage: str, device: torch.device, layout: torch.memory_format):
+def make_models(args: Args, stage: str, device: torch.device, layout: torch.memory_format):
     """(model, clothes classifier, TAD teacher or None), the same weights on every call."""
     torch.manual_seed(0)
     kwargs = {"cal": {}, "base": {"split_after": "layer2"}}.get(ARCH[stage], RLQ_KWARGS)
@@ -203,7 +226,7 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(args: argparse.Namespace, stage: str, path: str, device: torch.device, accelerator: Accelerator) -> dict:
+def measure(args: Args, stage: str, path: str, device: torch.device, accelerator: Accelerator) -> dict:
     """Images/s (TAD: HQ/LQ pairs/s), seconds per step, peak CUDA memory and the first step's loss terms of one path."""
     ours = path == "ours"
     batches = make_batches(args, stage, device)
@@ -297,7 +320,7 @@ def main(argv: list[str] | None = None) -> dict:
                 verdict = "met" if results[name]["ratio"] >= target else "NOT met"
                 print(f"target {name} >= {target}x: {verdict} ({results[name]['ratio']:.2f}x)")
     if args.json is not None:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "mixed_precision": precision,
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in asdict(args).items()}, "mixed_precision": precision,
                                          "results": results}, indent=2) + "\n")
     return results
 

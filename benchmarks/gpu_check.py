@@ -31,7 +31,6 @@ prints the table, and exits with status 1 when a check failed.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -45,14 +44,17 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Annotated, Literal
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
+import tyro  # noqa: E402
 from bench_eval import cpu_name  # noqa: E402
 
 from rlq.checkpoint import load_checkpoint  # noqa: E402
+from rlq.options import formerly, usage_error  # noqa: E402
 
 PYTHON = [sys.executable]  # every check's processes run on this interpreter
 LTCC_EPOCH = {"tad": 631, "cap": 299}  # steps of one RLQ epoch on LTCC at batch 32 (as bench_train.py)
@@ -97,7 +99,7 @@ def gpu_sizes() -> Sizes:
         bench={
             "bench_train.py": lambda f: ["--device", "cuda", "--steps", str(max(5, round(20 * f))), "--warmup", str(max(2, round(5 * f)))],
             "bench_extract.py": lambda f: ["--device", "cuda", "--images", images(f), "--crops", images(f), "--repeats", repeats(f)],
-            "bench_data.py": lambda f: ["--images", "1200", "--batches", str(max(3, round(10 * f))), "--workers", "1", "4",
+            "bench_data.py": lambda f: ["--crops", "1200", "--batches", str(max(3, round(10 * f))), "--workers", "1", "4",
                                         "--augment-on", "device"],
             "bench_eval.py": lambda f: ["--device", "cuda", "--queries", str(LAST_TEST[0]), "--gallery", str(LAST_TEST[1]),
                                         "--dim", "8192", "--ids", "5000", "--skip-reference", "--repeats", repeats(f)],
@@ -116,9 +118,9 @@ def tiny_sizes() -> Sizes:
                    "--external-test-ids", "6"],
         bench={
             "bench_train.py": lambda f: ["--device", "cpu", "--steps", "1", "--warmup", "1", "--batch-size", "8"],
-            "bench_extract.py": lambda f: ["--images", "16", "--crops", "16", "--workers", "0", "--batch-size", "8",
+            "bench_extract.py": lambda f: ["--images", "16", "--crops", "16", "--num-workers", "0", "--batch-size", "8",
                                            "--reference-batch-size", "4", "--repeats", "1"],
-            "bench_data.py": lambda f: ["--images", "48", "--batches", "2", "--workers", "1", "--batch-size", "8", "--height", "64",
+            "bench_data.py": lambda f: ["--crops", "48", "--batches", "2", "--workers", "1", "--batch-size", "8", "--height", "64",
                                         "--width", "32", "--augment-on", "device"],
             "bench_eval.py": lambda f: ["--queries", "100", "--gallery", "1000", "--dim", "32", "--ids", "50", "--repeats", "1"],
         },
@@ -152,11 +154,11 @@ class CheckFailed(Exception):
 class Context:
     """The options, the sizes, the work folder and the clock that every check shares."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: Args) -> None:
         self.args = args
         self.gpu = args.device == "cuda"
         self.sizes = tiny_sizes() if args.tiny else gpu_sizes()
-        self.work = args.work
+        self.work = args.output
         self.data = self.work / "data"
         self.logs = self.work / "logs"
         self.start = time.perf_counter()
@@ -207,13 +209,13 @@ def last_error(output: str) -> str:
 
 def check_data(ctx: Context, row: Row, factor: float) -> None:
     """The synthetic dataset (LTCC + Celeb-reID layouts), pose clusters of its training images and its clothes masks."""
-    ctx.run("synthetic", [*PYTHON, "-m", "rlq.synthetic", "--out", str(ctx.data), "--seed", "0", *ctx.sizes.synthetic],
+    ctx.run("synthetic", [*PYTHON, "-m", "rlq.synthetic", "--output", str(ctx.data), "--seed", "0", *ctx.sizes.synthetic],
             timeout=600)
     ctx.run("pose", [*PYTHON, "preprocess_pose.py", "--dataset", "synthetic", "--root", str(ctx.data), "--keypoints",
-                     str(ctx.data / "target" / "keypoints.json"), "--out", str(ctx.work / "pose.csv"), "--variants", "R_LA",
+                     str(ctx.data / "target" / "keypoints.json"), "--output", str(ctx.work / "pose.csv"), "--variants", "R_LA",
                      "--ks", "15"], timeout=300)
     ctx.run("masks", [*PYTHON, "preprocess_masks.py", "--dataset", "synthetic", "--root", str(ctx.data), "--parsing",
-                      str(ctx.data / "target" / "parsing"), "--out", str(ctx.work / "masks")], timeout=300)
+                      str(ctx.data / "target" / "parsing"), "--output", str(ctx.work / "masks")], timeout=300)
     counts = json.loads((ctx.data / "manifest.json").read_text())["counts"]
     heights = crop_heights(ctx.data)
     row.details = {"counts": counts, "crop_heights": heights}
@@ -528,27 +530,38 @@ def run_checks(ctx: Context) -> list[Row]:
     return rows
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="where the checks run (default: the GPU)")
-    p.add_argument("--tiny", action="store_true", help="tiny sizes (resnet18, 64x32, 1 step per pass): the checks of the checks, on CPU")
-    p.add_argument("--budget-min", type=float, default=8.0, help="minutes the whole check should take; kept by trimming steps")
-    p.add_argument("--work", type=Path, default=None,
-                   help="folder of the data, runs and logs (default: runs/gpu_check/<UTC date and time>); must not exist yet")
-    p.add_argument("--report-dir", type=Path, default=None, help="where gpu_check.md and gpu_check.json go (default: --work)")
-    args = p.parse_args(argv)
+@dataclass
+class Args:
+    """The GPU check: every training script end to end with the defaults a user gets, and every benchmark at the paper's
+    sizes; writes gpu_check.md and gpu_check.json and exits with status 1 when a check failed."""
+
+    device: Literal["cuda", "cpu"] = "cuda"
+    """Where the checks run."""
+    tiny: bool = False
+    """Tiny sizes (resnet18, 64x32, 1 step per pass): the checks of the checks, on CPU."""
+    budget_min: float = 8.0
+    """Minutes the whole check should take; kept by trimming steps, batches and sizes."""
+    output: Annotated[Path | None, formerly("--work", "--output")] = None
+    """Folder of the data, runs and logs, which must not exist yet (default: runs/gpu_check/<UTC date and time>)."""
+    report_dir: Path | None = None
+    """Where gpu_check.md and gpu_check.json go (default: --output)."""
+
+
+def parse_args(argv: list[str] | None = None) -> Args:
+    """The options, checked, with the work folder and the report folder filled in."""
+    args = tyro.cli(Args, args=argv, prog="bash scripts/gpu_check.sh")
     if args.budget_min <= 0:
-        p.error(f"--budget-min {args.budget_min:g}: expected minutes above 0")
+        usage_error(f"--budget-min {args.budget_min:g}: expected minutes above 0")
     if args.device == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda: torch sees no GPU on this machine (torch.cuda.is_available() is False); "
-                "use --device cpu --tiny to check the checks")
-    if args.work is None:
-        args.work = REPO / "runs" / "gpu_check" / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    if args.work.exists():
-        p.error(f"--work '{args.work}' exists: every check starts from an empty folder of its own, so give a new one")
-    args.report_dir = args.report_dir or args.work
+        usage_error("--device cuda: torch sees no GPU on this machine (torch.cuda.is_available() is False); "
+                    "use --device cpu --tiny to check the checks")
+    if args.output is None:
+        args.output = REPO / "runs" / "gpu_check" / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    if args.output.exists():
+        usage_error(f"--output '{args.output}' exists: every check starts from an empty folder of its own, so give a new one")
+    args.report_dir = args.report_dir or args.output
     if args.report_dir.exists() and not args.report_dir.is_dir():
-        p.error(f"--report-dir '{args.report_dir}' is a file: expected a folder")
+        usage_error(f"--report-dir '{args.report_dir}' is a file: expected a folder")
     return args
 
 
@@ -561,7 +574,7 @@ def main(argv: list[str] | None = None) -> dict:
     sizes = ctx.sizes
     described = (f"{sizes.backbone} --no-pretrained, {sizes.height}x{sizes.width}, batch {sizes.batch_size} per process, "
                  f"at most {sizes.steps_per_epoch} steps per pass")
-    print(f"gpu check: {machine_line(info)}\n{described}; budget {args.budget_min:g} min; work folder {args.work}", flush=True)
+    print(f"gpu check: {machine_line(info)}\n{described}; budget {args.budget_min:g} min; work folder {args.output}", flush=True)
     rows = run_checks(ctx)
     report = {"machine": info, "command": command, "budget_min": args.budget_min, "sizes": described,
               "seconds": time.perf_counter() - ctx.start, "rows": [asdict(r) for r in rows],

@@ -15,9 +15,9 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from rlq.data import Sample
-from rlq.options import OptionError
 from rlq.files import read_csv_rows
+from rlq.options import OptionError
+from rlq.samples import Sample
 
 Missing = Literal["error", "zero"]
 

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from rlq.checkpoint import CheckpointError, mismatch_report, provenance
+from rlq.checkpoint_format import CheckpointError, mismatch_report, provenance
 from rlq.model import build_model
 
 __all__ = ["INPUT_SIZE", "convert_authors_checkpoint", "describe"]

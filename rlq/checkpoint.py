@@ -1,12 +1,12 @@
-"""Checkpoints: atomic writes, clear read errors, fit checks, provenance and RNG states.
+"""Checkpoints: atomic writes, clear read errors, fit checks and RNG states.
 
 A checkpoint is a plain dict saved with `torch.save`. Every one we write carries
-how it was made (`provenance`): the script's full config, the dataset and its
-class counts, the architecture, backbone and architecture options, the input
-size, and the code version (rlq.__version__ and the git commit when the code
-lives in a git checkout). `model_from_checkpoint` rebuilds the model from these
-entries alone. Everything in a checkpoint is a tensor or a plain Python value,
-so it loads with `torch.load(weights_only=True)`.
+how it was made (`provenance`, in `rlq.checkpoint_format`): the script's full
+config, the dataset and its class counts, the architecture, backbone and
+architecture options, the input size, and the code version (rlq.__version__ and
+the git commit when the code lives in a git checkout). `model_from_checkpoint`
+rebuilds the model from these entries alone. Everything in a checkpoint is a
+tensor or a plain Python value, so it loads with `torch.load(weights_only=True)`.
 
 Entries: `model` (state dict), `arch`, `backbone`, `arch_kwargs`, `classes`
 ({num_pids, num_clothes, ...}), `dataset`, `input_size` ([H, W]), `config`,
@@ -21,62 +21,17 @@ takes theirs.
 from __future__ import annotations
 
 import io
-import os
 import random
-import subprocess
 from pathlib import Path
-from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-import rlq
+from rlq.authors import convert_authors_checkpoint
+from rlq.checkpoint_format import CheckpointError, mismatch_report
 from rlq.files import write_bytes_atomic
 from rlq.model import build_model
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file cannot be read, or does not fit the model it is loaded into."""
-
-
-def code_version() -> dict[str, str | None]:
-    """rlq's version and, when run from a git checkout, its commit (with '-dirty' for local changes)."""
-    commit = None
-    try:
-        cwd = Path(rlq.__file__).resolve().parent
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True, check=True).stdout
-        commit += "-dirty" if dirty.strip() else ""
-    except (OSError, subprocess.CalledProcessError):
-        pass  # not a git checkout (e.g. an installed wheel), or git is missing
-    return {"rlq": rlq.__version__, "git": commit}
-
-
-def plain(value: Any) -> Any:
-    """A config value as plain Python (paths -> str, tuples -> lists) for checkpoints and JSON."""
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    return value
-
-
-def provenance(config: dict, arch: str, backbone: str, arch_kwargs: dict, classes: dict, dataset: str | None,
-               input_size: tuple[int, int]) -> dict:
-    """The checkpoint entries that say how a model was made and let `model_from_checkpoint` rebuild it."""
-    return {
-        "config": plain(config),
-        "arch": arch,
-        "backbone": backbone,
-        "arch_kwargs": plain(arch_kwargs),
-        "classes": classes,
-        "dataset": dataset,
-        "input_size": list(input_size),
-        "version": code_version(),
-    }
 
 
 def save_atomic(obj: dict, path: Path) -> None:
@@ -111,8 +66,6 @@ def load_checkpoint(path: Path) -> dict:
             f"of this project or of the authors' ({type(error).__name__} in torch.load)"
         ) from None
     if isinstance(checkpoint, dict) and "model_state_dict" in checkpoint:
-        from rlq.authors import convert_authors_checkpoint  # here: rlq.authors itself imports this module
-
         return convert_authors_checkpoint(checkpoint, path)
     if not isinstance(checkpoint, dict) or "model" not in checkpoint:
         raise CheckpointError(
@@ -120,28 +73,6 @@ def load_checkpoint(path: Path) -> dict:
             "(no 'model_state_dict' entry)"
         )
     return checkpoint
-
-
-def _shape(t: torch.Tensor) -> str:
-    return "x".join(map(str, t.shape)) or "scalar"
-
-
-def _listed(title: str, items: list[str], limit: int = 20) -> str:
-    shown = items[:limit] + ([f"... ({len(items) - limit} more)"] if len(items) > limit else [])
-    return f"  {title} ({len(items)}):\n" + "\n".join(f"    {item}" for item in shown)
-
-
-def mismatch_report(own: dict[str, torch.Tensor], state_dict: dict[str, torch.Tensor],
-                    name: Callable[[str], str] = str) -> str:
-    """Every shape-mismatched, missing and unexpected key of `state_dict` against `own`, listed ('' when it fits).
-
-    `name` turns a key into the name shown (e.g. the name the key has in another format).
-    """
-    mismatched = [f"{name(k)}: checkpoint {_shape(v)}, model {_shape(own[k])}" for k, v in state_dict.items() if k in own and own[k].shape != v.shape]
-    missing = [name(k) for k in own if k not in state_dict]
-    unexpected = [name(k) for k in state_dict if k not in own]
-    parts = [(t, i) for t, i in (("shape mismatches", mismatched), ("missing from the checkpoint", missing), ("unexpected in the checkpoint", unexpected)) if i]
-    return "\n".join(_listed(t, i) for t, i in parts)
 
 
 def load_state_checked(module: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:

@@ -9,7 +9,7 @@ only PRCC and LaST keep the identity in a folder name, and there we read the
 immediate parent folder and nothing above it.
 
     python -m rlq.data --dataset ltcc --root /data/LTCC_ReID
-    python -m rlq.data --dataset synthetic --json
+    python -m rlq.data --dataset synthetic --print-json
 """
 
 from __future__ import annotations
@@ -21,12 +21,15 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Annotated, Callable, Literal
 
 import numpy as np
 
+from rlq.attributes import AttributeFileError, attribute_coverage
 from rlq.files import ends_cleanly
 from rlq.images import ImageReadError, load_image
+from rlq.options import formerly
+from rlq.samples import Sample
 
 # Files a dataset parser takes as samples: every layout we read names its images .png/.jpg/.jpeg.
 SAMPLE_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -41,26 +44,6 @@ DATASETS = ("ltcc", "prcc", "celeb", "last", "deepchange", "synthetic", "synthet
 
 class DatasetLayoutError(ValueError):
     """The folder given as a dataset root does not look like that dataset."""
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One image and its labels.
-
-    `key` is the image key the authors' attribute CSVs use (pose clusters,
-    faulty masks); `pid_key` is the identity as written in the data (the ID
-    column of the gender CSVs). `gender` and `pose` stay -1 until
-    `rlq.attributes.attach_attributes` fills them.
-    """
-
-    path: str
-    pid: int
-    camid: int
-    clothes_id: int
-    key: str
-    pid_key: str
-    gender: int = -1
-    pose: int = -1
 
 
 @dataclass(frozen=True)
@@ -670,8 +653,8 @@ class SummaryArgs:
     """Which dataset layout to read."""
     root: Path | None = None
     """Dataset folder (e.g. /data/LTCC_ReID). Optional for the synthetic datasets (generated into a cache)."""
-    json: bool = False
-    """Print JSON instead of a table."""
+    print_json: Annotated[bool, formerly("--json", "--print-json")] = False
+    """Print the summary as JSON instead of a table."""
     gender_csv: Path | None = None
     """Gender CSV in the authors' format (Category,ID,Gender): report its coverage of the training identities."""
     pose_csv: Path | None = None
@@ -685,14 +668,12 @@ class SummaryArgs:
 
 
 def main(args: SummaryArgs) -> None:
-    from rlq.attributes import attribute_coverage
-
     dataset = load_dataset(args.dataset, args.root)
     info = summary(dataset)
     coverage = attribute_coverage(dataset.train, args.gender_csv, args.pose_csv, args.pose_column)
     if coverage:
         info["attributes"] = coverage
-    if args.json:
+    if args.print_json:
         print(json.dumps(info, indent=2))
         return
     print(summary_table(dataset))
@@ -720,10 +701,8 @@ if __name__ == "__main__":
 
     import tyro
 
-    from rlq.attributes import AttributeFileError
-
     with ends_cleanly():
         try:
-            main(tyro.cli(SummaryArgs))
+            main(tyro.cli(SummaryArgs, prog="python -m rlq.data"))
         except (DatasetLayoutError, AttributeFileError) as error:
             sys.exit(f"error: {error}")

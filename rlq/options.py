@@ -1,10 +1,15 @@
 """Checks of command-line options, made before any work: a value the scripts cannot use ends the run with one line
-that names the option and what it expects, not with a traceback from deep inside PyTorch minutes later."""
+that names the option and what it expects, not with a traceback from deep inside PyTorch minutes later. Also the
+renamed options' former names, which the commands keep taking."""
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
+from typing import NoReturn
+
+import tyro
 
 
 class OptionError(ValueError):
@@ -13,6 +18,21 @@ class OptionError(ValueError):
 
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def formerly(old_flag: str, new_flag: str):
+    """The tyro.conf.arg of an option renamed `new_flag` that still takes its former name `old_flag`, as in
+    `output: Annotated[Path, formerly("--out", "--output")]`.
+
+    tyro lists a field's aliases before its own name (in --help and in the usage line), so here the former name is the
+    field's own command-line name and the new one its alias: the new name is the one shown first."""
+    return tyro.conf.arg(name=old_flag.removeprefix("--"), aliases=(new_flag,))
+
+
+def usage_error(message: str) -> NoReturn:
+    """Options that do not go together end the command as a malformed option does: one `error:` line, exit status 2."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def at_least(minimum: float, **options: float | int | tuple | None) -> None:
@@ -129,7 +149,7 @@ def check_training(cfg) -> None:
     if cfg.batch_size % cfg.num_instances:
         raise OptionError(f"--batch-size {cfg.batch_size}: expected a multiple of --num-instances ({cfg.num_instances}), "
                           "the images of each identity in a batch")
-    import timm  # here, not at the top: rlq.reproduce runs on a bare python (scripts/reproduce_*.sh) and checks paths only
+    import timm  # here, not at the top: rlq.reproduce (scripts/reproduce_*.sh) checks paths with this module, without torch
 
     name, _, tag = cfg.backbone.partition(".")
     if not timm.is_model(name) or (tag and cfg.backbone not in timm.list_pretrained(f"{name}.*")):

@@ -10,17 +10,20 @@ base_no_cal, base, cgal and rlq, and the training accuracies of the attribute he
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
+
+import tyro
 
 from rlq.attributes import attach_attributes, read_gender_csv, read_pose_csv
 from rlq.data import ReIDDataset, load_dataset
 from rlq.diagnostics import chance_top1
 from rlq.files import ends_cleanly, write_text_atomic
-from rlq.options import OptionError, check_outputs_apart
+from rlq.options import OptionError, check_outputs_apart, usage_error
 
 MODELS = ("base_no_cal", "base", "cgal", "rlq")
 LABELS = {"base_no_cal": "base, CAL never started", "base": "base (CAL)", "cgal": "base + CGAL/CAP", "rlq": "RLQ (CAP + TAD)"}
@@ -125,7 +128,7 @@ def attribute_chance(dataset: ReIDDataset, gender_csv: Path, pose_csv: Path, pos
     return {"gender": majority_rate([s.gender for s in train]), "pose": majority_rate([s.pose for s in train])}
 
 
-def collect(out: Path, seeds: list[int]) -> list[dict]:
+def collect(out: Path, seeds: tuple[int, ...]) -> list[dict]:
     """results.json rows of every model and seed under `out`."""
     rows = []
     for seed in seeds:
@@ -137,14 +140,26 @@ def collect(out: Path, seeds: list[int]) -> list[dict]:
     return rows
 
 
+@dataclass
+class Args:
+    """The quickstart's results: one row per model and seed, mean +- std over seeds, as markdown and JSON."""
+
+    out: tyro.conf.Positional[Annotated[Path, tyro.conf.arg(metavar="OUT")]]
+    """The quickstart's output folder (holding seed<S>/); results.json and results.md are written into it."""
+    seeds: tuple[int, ...]
+    """The training seeds to read."""
+    root: Path | None = None
+    """Synthetic dataset folder (with the attribute files: adds their chance level)."""
+    pose_csv: Path | None = None
+    """Pose clusters of the target training images."""
+    pose_column: str = "R_LA_15"
+    """Which pose-cluster column to read."""
+
+
 def main(argv: list[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(prog="python -m rlq.report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("out", type=Path, help="the quickstart's output folder (holding seed<S>/)")
-    parser.add_argument("--seeds", type=int, nargs="+", required=True)
-    parser.add_argument("--root", type=Path, help="synthetic dataset folder (with the attribute files: adds their chance level)")
-    parser.add_argument("--pose-csv", type=Path, help="pose clusters of the target training images")
-    parser.add_argument("--pose-column", default="R_LA_15")
-    args = parser.parse_args(argv)
+    args = tyro.cli(Args, args=argv, prog="python -m rlq.report")
+    if not args.seeds:
+        usage_error("--seeds: expected one or more seeds")
     try:
         # Only these two files are written: the runs under OUT (and a dataset there, as the quickstart's) are left alone.
         check_outputs_apart({"OUT": (args.out / "results.json", args.out / "results.md")},

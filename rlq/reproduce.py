@@ -17,23 +17,25 @@ set, labelled as such in the table); --select-on val picks on the validation spl
 
 from __future__ import annotations
 
-import argparse
 import shlex
 import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal
+
+import tyro
 
 from rlq.files import ends_cleanly
-from rlq.options import OptionError, check_outputs_apart
+from rlq.options import OptionError, check_outputs_apart, formerly, usage_error
 
 
 @dataclass(frozen=True)
 class PaperRun:
     """One training configuration of the paper and the number it published."""
 
-    name: str  # the run folder under --out
+    name: str  # the run folder under --output
     script: str
     dataset: str
     batch_size: int  # per process
@@ -48,7 +50,8 @@ class PaperRun:
 EPOCHS = 200
 POSE_COLUMN = "R_LA_15"
 SEEDS = (1, 2, 3, 4)
-RUNS: dict[str, list[PaperRun]] = {
+Name = Literal["celeb", "deepchange", "last", "ltcc", "prcc"]
+RUNS: dict[Name, list[PaperRun]] = {
     "celeb": [
         # The authors' teacher is the epoch-200 checkpoint, not the best one.
         PaperRun("base", "train_base.py", "celeb", 40, 2, (1,), "standard", "58.1 / 14.2", "last.pt", attributes=False),
@@ -61,43 +64,60 @@ RUNS: dict[str, list[PaperRun]] = {
 }
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("name", choices=sorted(RUNS), help="celeb: the teacher (base, and CGAL with attribute files); else RLQ")
-    p.add_argument("--root", type=Path, required=True, help="the dataset's folder")
-    p.add_argument("--external-root", type=Path, help="RLQ: the Celeb-reID folder (the TAD phase's external set)")
-    p.add_argument("--teacher", type=Path, help="RLQ: the teacher checkpoint (reproduce celeb makes runs/reproduce/celeb/base/seed1/last.pt)")
-    p.add_argument("--gender-csv", type=Path, help="the dataset's gender CSV (Category,ID,Gender)")
-    p.add_argument("--pose-csv", type=Path, help=f"the dataset's pose-cluster CSV (column {POSE_COLUMN})")
-    p.add_argument("--masks", type=Path, help="preprocess_masks.py output: the clothes-recolouring augmentation (the paper's)")
-    p.add_argument("--out", type=Path, help="default: runs/reproduce/NAME")
-    p.add_argument("--seeds", type=int, nargs="+", help="default: 1 2 3 4 (the teacher: 1)")
-    p.add_argument("--select-on", choices=["test", "val"], default="test",
-                   help="test: the paper's selection (on the test set); val: the validation split")
-    p.add_argument("--val-ids", type=int, default=0, help="LTCC with --select-on val: identities held out for validation")
-    p.add_argument("--mixed-precision", choices=["auto", "no", "bf16", "fp16"], default="auto",
-                   help="every training and evaluation command's --mixed-precision (no: fp32, as the authors trained)")
-    p.add_argument("--adam-steps-idle-parameters", action="store_true",
-                   help="the training commands' option of that name: Adam moves the parameters a step leaves unused, "
-                        "as under the authors' PyTorch 1.13 (RLQ and CGAL runs)")
-    p.add_argument("--dry-run", action="store_true", help="print the commands only")
-    args = p.parse_args(argv)
-    args.out = args.out or Path("runs/reproduce") / args.name
+@dataclass
+class Args:
+    """The paper's runs as commands: train every seed, evaluate each checkpoint, build the seed table."""
+
+    name: tyro.conf.Positional[Name]
+    """celeb: the teacher (base, and CGAL with attribute files); the others: RLQ on that dataset."""
+    root: Path
+    """The dataset's folder."""
+    external_root: Path | None = None
+    """RLQ: the Celeb-reID folder (the TAD phase's external set)."""
+    teacher: Path | None = None
+    """RLQ: the teacher checkpoint (reproduce celeb makes runs/reproduce/celeb/base/seed1/last.pt)."""
+    gender_csv: Path | None = None
+    """The dataset's gender CSV (Category,ID,Gender)."""
+    pose_csv: Path | None = None
+    """The dataset's pose-cluster CSV (the column read: R_LA_15)."""
+    masks: Path | None = None
+    """preprocess_masks.py output: the clothes-recolouring augmentation (the paper's)."""
+    output: Annotated[Path | None, formerly("--out", "--output")] = None
+    """Folder of the runs, one sub-folder per run and seed (default: runs/reproduce/NAME)."""
+    seeds: tuple[int, ...] = ()
+    """Training seeds (default: the paper's, 1 2 3 4; the teacher: 1)."""
+    select_on: Literal["test", "val"] = "test"
+    """test: the paper's model selection (on the test set); val: on the validation split."""
+    val_ids: int = 0
+    """LTCC with --select-on val: identities held out for validation."""
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    """Every training and evaluation command's --mixed-precision (no: fp32, as the authors trained)."""
+    adam_steps_idle_parameters: bool = False
+    """The training commands' option of that name (RLQ, CGAL): Adam moves the parameters a step leaves unused, as in PyTorch 1.13."""
+    dry_run: bool = False
+    """Print the commands only."""
+
+
+def parse_args(argv: list[str] | None = None) -> Args:
+    """The options, checked, with the run folder filled in."""
+    args = tyro.cli(Args, args=argv, prog="python -m rlq.reproduce")
+    args.output = args.output or Path("runs/reproduce") / args.name
     if args.name != "celeb" and (args.teacher is None or args.external_root is None):
-        p.error(f"{args.name}: RLQ needs --teacher (e.g. runs/reproduce/celeb/base/seed1/last.pt) and --external-root (Celeb-reID)")
+        usage_error(f"{args.name}: RLQ needs --teacher (e.g. runs/reproduce/celeb/base/seed1/last.pt) and --external-root "
+                    "(Celeb-reID)")
     if args.name != "celeb" and (args.gender_csv is None or args.pose_csv is None):
-        p.error(f"{args.name}: RLQ needs --gender-csv and --pose-csv (README, 'Preparing a dataset')")
+        usage_error(f"{args.name}: RLQ needs --gender-csv and --pose-csv (README, 'Preparing a dataset')")
     if args.select_on == "val" and args.name == "ltcc" and args.val_ids == 0:
-        p.error("ltcc has no validation split: with --select-on val give --val-ids N (e.g. 10)")
+        usage_error("ltcc has no validation split: with --select-on val give --val-ids N (e.g. 10)")
     return args
 
 
-def runs_for(args: argparse.Namespace) -> list[PaperRun]:
+def runs_for(args: Args) -> list[PaperRun]:
     """The celeb CGAL teacher needs attribute files; without them only the base teacher is trained."""
     return [run for run in RUNS[args.name] if not run.attributes or args.name != "celeb" or (args.gender_csv and args.pose_csv)]
 
 
-def train_command(args: argparse.Namespace, run: PaperRun, seed: int, folder: Path) -> list[str]:
+def train_command(args: Args, run: PaperRun, seed: int, folder: Path) -> list[str]:
     launch = ["accelerate", "launch"] if shutil.which("accelerate") else [sys.executable, "-m", "accelerate.commands.launch"]
     command = [*launch, "--multi_gpu", "--num_processes", str(run.processes), run.script,
                "--dataset", run.dataset, "--root", str(args.root), "--batch-size", str(run.batch_size),
@@ -118,30 +138,30 @@ def train_command(args: argparse.Namespace, run: PaperRun, seed: int, folder: Pa
     return command
 
 
-def commands(args: argparse.Namespace) -> list[tuple[list[str], Path | None]]:
+def commands(args: Args) -> list[tuple[list[str], Path | None]]:
     """(command, file that marks it done) in order: a seed's test.json marks its training and evaluation done
     (None: always run)."""
     steps = []
     for run in runs_for(args):
         evaluations = []
         for seed in args.seeds or run.seeds:
-            folder = args.out / run.name / f"seed{seed}"
+            folder = args.output / run.name / f"seed{seed}"
             result = folder / "test.json"
             steps.append((train_command(args, run, seed, folder), result))
             steps.append(([sys.executable, "evaluate.py", "--checkpoint", str(folder / run.checkpoint), "--root", str(args.root),
                            "--mixed-precision", args.mixed_precision, "--json", str(result)], result))
             evaluations.append(str(result))
         steps.append(([sys.executable, "-m", "rlq.seeds", *evaluations, "--evaluation", run.evaluation,
-                       "--out", str(args.out / run.name / "seeds")], None))
+                       "--output", str(args.output / run.name / "seeds")], None))
     return steps
 
 
-def check_paths(args: argparse.Namespace) -> None:
-    """Before the first command: no run folder is or holds an input. Only --out/<run> is written, so the teacher that
-    `reproduce celeb` made under the same --out is fine."""
+def check_paths(args: Args) -> None:
+    """Before the first command: no run folder is or holds an input. Only --output/<run> is written, so the teacher that
+    `reproduce celeb` made under the same --output is fine."""
     inputs = {"--root": args.root, "--external-root": args.external_root, "--teacher": args.teacher,
               "--gender-csv": args.gender_csv, "--pose-csv": args.pose_csv, "--masks": args.masks}
-    check_outputs_apart({"--out": tuple(args.out / run.name for run in runs_for(args))}, inputs)
+    check_outputs_apart({"--output": tuple(args.output / run.name for run in runs_for(args))}, inputs)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,6 +1,6 @@
 """One configuration trained with several seeds, as one table: every seed, mean +- std, the mean of the best two.
 
-    python -m rlq.seeds runs/ltcc/seed1/test.json runs/ltcc/seed2/test.json ... --evaluation cc --out runs/ltcc/seeds
+    python -m rlq.seeds runs/ltcc/seed1/test.json runs/ltcc/seed2/test.json ... --evaluation cc --output runs/ltcc/seeds
 
 Each input is evaluate.py's --json output for one run's checkpoint, or a run folder, whose
 metrics.json `best` is used (only when it was picked on the test split: a `--select-on val`
@@ -9,18 +9,22 @@ Top-1 and mAP of a row always come from the same evaluation of the same checkpoi
 
 The "mean of the best two" is the paper's convention (the best two of seeds 1-4, ranked by
 top-1, then mAP); it is printed as such, beside the honest mean +- std over all seeds.
-Writes OUT.md and OUT.json and prints the table.
+Writes OUTPUT.md and OUTPUT.json and prints the table.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
+import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
+
+import tyro
 
 from rlq.files import ends_cleanly, read_json_file, write_text_atomic
-from rlq.options import OptionError, check_outputs_apart, output_file
+from rlq.options import OptionError, check_outputs_apart, formerly, output_file, usage_error
 
 
 class SeedTableError(RuntimeError):
@@ -83,27 +87,39 @@ def markdown(rows: list[dict], summary: dict, evaluation: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+@dataclass
+class Args:
+    """One configuration trained with several seeds, as one table: every seed, mean +- std, the mean of the best two."""
+
+    runs: tyro.conf.Positional[Annotated[tuple[Path, ...], tyro.conf.arg(metavar="RUN [RUN ...]")]]
+    """evaluate.py --json files or run folders (their metrics.json best, picked on the test split), one per seed."""
+    output: Annotated[Path, formerly("--out", "--output")]
+    """Path prefix of the table: writes OUTPUT.md and OUTPUT.json."""
+    evaluation: str = "cc"
+    """Protocol of the table: cc (LTCC, PRCC) or standard (others)."""
+
+
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", type=Path, help="evaluate.py --json files or run folders, one per seed")
-    parser.add_argument("--evaluation", default="cc", help="protocol of the table: cc (LTCC, PRCC) or standard (others)")
-    parser.add_argument("--out", type=Path, required=True, help="writes OUT.md and OUT.json")
-    args = parser.parse_args(argv)
+    args = tyro.cli(Args, args=argv, prog="python -m rlq.seeds")
+    if not args.runs:
+        usage_error("RUN: give one or more evaluate.py --json files or run folders")
+    markdown_path, json_path = args.output.with_suffix(".md"), args.output.with_suffix(".json")
     try:
-        output_file(args.out.with_suffix(".md"), "--out")
-        # --out names two files (an evaluation seed1.json is refused as --out seed1 too); of a run folder only its
+        output_file(markdown_path, "--output")
+        # --output names two files (an evaluation seed1.json is refused as --output seed1 too); of a run folder only its
         # metrics.json is read, so a table may be written beside it.
         read = [path / "metrics.json" if path.is_dir() else path for path in args.runs]
-        check_outputs_apart({"--out": (args.out.with_suffix(".md"), args.out.with_suffix(".json"))}, {"RUNS": read})
+        check_outputs_apart({"--output": (markdown_path, json_path)}, {"RUN": read})
         rows = [read_run(path, args.evaluation) for path in args.runs]
         summary = summarise(rows)
     except (SeedTableError, OptionError) as error:
-        parser.exit(1, f"error: {error}\n")
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
     text = markdown(rows, summary, args.evaluation)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(args.out.with_suffix(".md"), text)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(markdown_path, text)
     table = {"evaluation": args.evaluation, "rows": rows, "summary": summary}
-    write_text_atomic(args.out.with_suffix(".json"), json.dumps(table, indent=2) + "\n")
+    write_text_atomic(json_path, json.dumps(table, indent=2) + "\n")
     print(text, end="")
     return table
 

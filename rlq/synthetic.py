@@ -24,7 +24,7 @@ maps come from the very geometry that is drawn, so they are exact.
 Every image is rendered from its own random stream seeded by (seed, part, image
 index), so the output is byte-identical for a seed whatever the worker count.
 
-    python -m rlq.synthetic --out DIR [--seed S] [--preset small|medium|large] [size options]
+    python -m rlq.synthetic --output DIR [--seed S] [--preset small|medium|large] [size options]
 
 From Python: ``generate(out, seed, preset, **overrides)`` or
 ``ensure_synthetic(root=None, seed=0, preset="small")`` (generates only when
@@ -33,7 +33,6 @@ the folder is missing or incomplete).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -47,12 +46,14 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, fields, replace
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Callable
+from typing import Annotated, Callable, Literal
 
 import numpy as np
+import tyro
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from rlq.files import die_with_parent, ends_cleanly, remove_stale_temporaries
+from rlq.options import formerly
 
 
 class SynthConfigError(ValueError):
@@ -1275,29 +1276,57 @@ def ensure_synthetic(root: Path | None = None, seed: int = 0, preset: str = "sma
     return out
 
 
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m rlq.synthetic", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True, help="dataset folder to (re)write")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
-    parser.add_argument("--workers", type=int, default=None, help="render processes (default: CPU count)")
-    size = parser.add_argument_group("size options (override the preset)")
-    for f in fields(SynthConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type.startswith("tuple"):
-            size.add_argument(flag, type=int, nargs=2, metavar=("MIN", "MAX"))
-        else:
-            size.add_argument(flag, type=int)
-    return parser.parse_args(argv)
+Range = Annotated[tuple[int, int] | None, tyro.conf.arg(metavar="MIN MAX")]
+
+
+@dataclass
+class Args:
+    """Generate the synthetic clothes-changing ReID dataset (LTCC and Celeb-reID layouts, with pose and parsing files).
+
+    The size options override the preset's; ranges are inclusive."""
+
+    output: Annotated[Path, formerly("--out", "--output")]
+    """Dataset folder to (re)write (only a missing or empty folder, or one this generator wrote, is replaced)."""
+    seed: int = 0
+    """Seed of everything drawn: the same seed gives the same dataset, byte for byte."""
+    preset: Literal["large", "medium", "small"] = "small"
+    """Sizes to start from."""
+    workers: int | None = None
+    """Render processes (default: the CPU count)."""
+    target_train_ids: int | None = None
+    """Target (LTCC layout) training identities."""
+    target_test_ids: int | None = None
+    """Target test identities."""
+    target_cameras: int | None = None
+    """Target cameras."""
+    target_outfits: Range = None
+    """Outfits per target identity."""
+    cameras_per_outfit: Range = None
+    """Cameras per target outfit."""
+    shots_per_camera: Range = None
+    """Target images per (outfit, camera)."""
+    external_train_ids: int | None = None
+    """External (Celeb-reID layout) training identities."""
+    external_test_ids: int | None = None
+    """External test identities."""
+    external_outfits: Range = None
+    """Outfits per external identity."""
+    external_images: Range = None
+    """Images per external identity."""
+    image_height: int | None = None
+    """Stored height of a high-quality crop."""
+    target_wardrobe: int | None = None
+    """Distinct outfits the target identities draw theirs from (0: every outfit new)."""
+    external_wardrobe: int | None = None
+    """Distinct outfits the external identities draw theirs from (0: every outfit new)."""
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = _parse_args(argv)
+    args = tyro.cli(Args, args=argv, prog="python -m rlq.synthetic")
     overrides = {f.name: getattr(args, f.name) for f in fields(SynthConfig) if getattr(args, f.name) is not None}
-    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
     start = time.perf_counter()
     try:
-        out = generate(args.out, args.seed, args.preset, workers=args.workers, **overrides)
+        out = generate(args.output, args.seed, args.preset, workers=args.workers, **overrides)
     except (SynthConfigError, FileExistsError) as error:
         sys.exit(f"error: {error}")
     counts = json.loads((out / "manifest.json").read_text())["counts"]

@@ -26,12 +26,11 @@ from rlq.checkpoint import (
     init_from_checkpoint,
     load_checkpoint,
     load_state_checked,
-    plain,
-    provenance,
     rng_states_of_all_processes,
     save_atomic,
     set_rng_states,
 )
+from rlq.checkpoint_format import plain, provenance
 from rlq.data import DatasetLayoutError, ReIDDataset, unreadable_images, unreadable_report
 from rlq.diagnostics import diagnostics_text, evaluations_clothes_leakage
 from rlq.evaluation import evaluate_model, headline_key, results_table

@@ -162,7 +162,7 @@ def test_converter_round_trips(tmp_path, monkeypatch, capsys):
 
     src, out = AuthorsModel("rlq").save(tmp_path / "rlq.pth.tar"), tmp_path / "converted" / "rlq.pt"
     with pytest.warns(UserWarning, match="has no gender head"):
-        convert(tyro.cli(ConvertArgs, args=["--src", str(src), "--out", str(out)]))
+        convert(tyro.cli(ConvertArgs, args=["--checkpoint", str(src), "--output", str(out)]))
     assert "three-branch RLQ model (resnet18.tv_in1k, split after layer2, pose split after layer1, 11 identities)" in capsys.readouterr().out
 
     converted = torch.load(out, weights_only=True)
@@ -176,4 +176,4 @@ def test_converter_round_trips(tmp_path, monkeypatch, capsys):
 
     ours = _save({"model": {}, "config": {"epochs": 60}}, tmp_path / "best.pt")
     with pytest.raises(CheckpointError, match="is a checkpoint of this project, not one of the authors'"):
-        convert(ConvertArgs(src=ours, out=tmp_path / "again.pt"))
+        convert(ConvertArgs(checkpoint=ours, output=tmp_path / "again.pt"))

@@ -66,7 +66,7 @@ def test_bf16_fast_path_matches_fp32_within_bf16_tolerance(tmp_path, fresh_accel
 def test_bench_data_counts_the_workers_each_pipeline_needs(tmp_path):
     import bench_data
 
-    report = bench_data.main(["--images", "48", "--batches", "2", "--workers", "1", "--batch-size", "8",
+    report = bench_data.main(["--crops", "48", "--batches", "2", "--workers", "1", "--batch-size", "8",
                               "--height", "64", "--width", "32", "--folder", str(tmp_path)])
     assert set(report) == {f"{p} ({a})" for p in ("base", "cap", "tad") for a in ("workers", "device")} | {"eval (workers)"}
     for name, row in report.items():
@@ -81,7 +81,7 @@ def test_bench_data_counts_the_workers_each_pipeline_needs(tmp_path):
 def test_bench_extract_features_match_a_plain_fp32_forward(fresh_accelerate_state):
     import bench_extract
 
-    result = bench_extract.main(["--images", "16", "--crops", "16", "--workers", "0", "--batch-size", "8",
+    result = bench_extract.main(["--images", "16", "--crops", "16", "--num-workers", "0", "--batch-size", "8",
                                  "--reference-batch-size", "4", "--repeats", "1"])
     assert result["min_cosine"] > 0.9999  # fp32 on CPU: the same features, batched differently
     assert result["ours"] > 0 and result["end_to_end"] > 0

@@ -307,7 +307,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_cli_json_and_table(prcc_root, tmp_path):
-    result = run_cli("--dataset", "prcc", "--root", str(prcc_root), "--json")
+    result = run_cli("--dataset", "prcc", "--root", str(prcc_root), "--print-json")
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)
     assert info["dataset"] == "prcc"

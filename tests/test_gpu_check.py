@@ -31,7 +31,7 @@ def tiny_check(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path, Pat
     """One `bash scripts/gpu_check.sh --device cpu --tiny` run: (the process, its work folder, its report folder)."""
     folder = tmp_path_factory.mktemp("gpu_check")
     work, reports = folder / "work", folder / "reports"
-    command = ["bash", str(REPO / "scripts" / "gpu_check.sh"), "--device", "cpu", "--tiny", "--work", str(work),
+    command = ["bash", str(REPO / "scripts" / "gpu_check.sh"), "--device", "cpu", "--tiny", "--output", str(work),
                "--report-dir", str(reports)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=900, env=os.environ | {"PY": sys.executable})
     yield done, work, reports
@@ -99,7 +99,7 @@ def test_a_failing_check_does_not_stop_the_others_and_the_status_says_so(tmp_pat
 
     monkeypatch.setattr(gpu_check, "CHECKS", {"data": fine, "train_base.py": failing_run, "bench_eval.py": buggy,
                                               "bench_rerank.py": fine})
-    report = gpu_check.main(["--device", "cpu", "--tiny", "--work", str(tmp_path / "work")])
+    report = gpu_check.main(["--device", "cpu", "--tiny", "--output", str(tmp_path / "work")])
     assert calls == ["data", "train_base.py", "bench_eval.py", "bench_rerank.py"]
     assert report["failed"] == ["train_base.py", "bench_eval.py"]
     rows = {row["check"]: row for row in report["rows"]}
@@ -108,13 +108,13 @@ def test_a_failing_check_does_not_stop_the_others_and_the_status_says_so(tmp_pat
     assert rows["bench_rerank.py"]["status"] == "passed"
     markdown = (tmp_path / "work" / "gpu_check.md").read_text()
     assert "2 check(s) failed: train_base.py, bench_eval.py." in markdown
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--tiny", "--work",
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--tiny", "--output",
                            str(tmp_path / "work")], capture_output=True, text=True)
-    assert done.returncode == 2 and "--work" in done.stderr and "exists" in done.stderr  # one check, one folder
+    assert done.returncode == 2 and "--output" in done.stderr and "exists" in done.stderr  # one check, one folder
 
 
 def test_a_run_that_hangs_is_ended_with_everything_it_started(tmp_path):
-    ctx = gpu_check.Context(gpu_check.parse_args(["--device", "cpu", "--tiny", "--work", str(tmp_path / "w")]))
+    ctx = gpu_check.Context(gpu_check.parse_args(["--device", "cpu", "--tiny", "--output", str(tmp_path / "w")]))
     ctx.logs.mkdir(parents=True)
     child = tmp_path / "child.pid"
     with pytest.raises(gpu_check.CheckFailed, match=r"^hang did not finish in 1 s \(log: .*01-hang.log\)$"):
@@ -130,14 +130,14 @@ def test_a_run_that_hangs_is_ended_with_everything_it_started(tmp_path):
 
 
 def test_a_failed_run_is_named_by_its_error_line(tmp_path):
-    ctx = gpu_check.Context(gpu_check.parse_args(["--device", "cpu", "--tiny", "--work", str(tmp_path / "w")]))
+    ctx = gpu_check.Context(gpu_check.parse_args(["--device", "cpu", "--tiny", "--output", str(tmp_path / "w")]))
     ctx.logs.mkdir(parents=True)
     with pytest.raises(gpu_check.CheckFailed, match=r"^bad exited with 1: error: --batch-size 6: expected a multiple"):
         ctx.run("bad", [sys.executable, "train_base.py", "--batch-size", "6", "--output", str(tmp_path / "run")], timeout=120)
 
 
 def test_the_budget_trims_the_checks_still_to_run(tmp_path):
-    ctx = gpu_check.Context(gpu_check.parse_args(["--device", "cpu", "--tiny", "--work", str(tmp_path / "w")]))
+    ctx = gpu_check.Context(gpu_check.parse_args(["--device", "cpu", "--tiny", "--output", str(tmp_path / "w")]))
     planned = sum(ctx.sizes.planned[c] for c in ("train_base.py", "bench_train.py"))
     ctx.deadline = time.perf_counter() + planned / 2
     assert ctx.factor(["train_base.py", "bench_train.py"]) == pytest.approx(0.5, abs=0.02)
@@ -152,7 +152,7 @@ def test_rerank_goes_up_to_the_largest_size_its_share_of_the_budget_allows(tmp_p
     not fit is not started, and the row says which size was reached."""
     clock = [0.0]
     monkeypatch.setattr(gpu_check.time, "perf_counter", lambda: clock[0])
-    ctx = gpu_check.Context(gpu_check.parse_args(["--device", "cpu", "--tiny", "--work", str(tmp_path / "w")]))
+    ctx = gpu_check.Context(gpu_check.parse_args(["--device", "cpu", "--tiny", "--output", str(tmp_path / "w")]))
     ctx.sizes.rerank_sizes = ["1000x9000", "2000x18000", "4000x36000"]
     ctx.sizes.planned["bench_rerank.py"] = 100.0
     ran = []
@@ -186,7 +186,7 @@ def test_every_command_of_both_forms_is_one_its_script_accepts(sizes, tmp_path):
     import train_cgal
     import train_rlq
 
-    ctx = gpu_check.Context(gpu_check.parse_args(["--device", "cpu", "--tiny", "--work", str(tmp_path / "w")]))
+    ctx = gpu_check.Context(gpu_check.parse_args(["--device", "cpu", "--tiny", "--output", str(tmp_path / "w")]))
     ctx.sizes = gpu_check.gpu_sizes() if sizes == "gpu" else gpu_check.tiny_sizes()
     parsers = {"bench_train.py": bench_train.parse_args, "bench_extract.py": bench_extract.parse_args,
                "bench_data.py": bench_data.parse_args, "bench_eval.py": bench_eval.parse_args}

@@ -368,7 +368,7 @@ def test_summary_cli_reports_skipped_files(ltcc_with_strays):
     table = subprocess.run(command, capture_output=True, text=True)
     assert table.returncode == 0, table.stderr
     assert "skipped 3 files in formats the ltcc parser does not read: .webp (2), .bmp (1)" in table.stdout
-    as_json = subprocess.run([*command, "--json"], capture_output=True, text=True)
+    as_json = subprocess.run([*command, "--print-json"], capture_output=True, text=True)
     assert as_json.returncode == 0, as_json.stderr
     assert {split: s["files"] for split, s in json.loads(as_json.stdout)["skipped"].items()} == {"train": 2, "query": 1}
 

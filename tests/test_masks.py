@@ -199,7 +199,7 @@ def masks_tree(tmp_path):
 
 
 def run_masks(root, parsing, out, **overrides) -> None:
-    preprocess_masks.main(preprocess_masks.Args(**(dict(dataset="ltcc", root=root, parsing=parsing, out=out, workers=1) | overrides)))
+    preprocess_masks.main(preprocess_masks.Args(**(dict(dataset="ltcc", root=root, parsing=parsing, output=out, workers=1) | overrides)))
 
 
 def test_end_to_end_on_a_tiny_tree(masks_tree, tmp_path):
@@ -254,7 +254,7 @@ def test_other_splits_and_missing_parsing(masks_tree, tmp_path):
 def test_synthetic_dataset(synthetic_root, tmp_path):
     base = synthetic_root
     out = tmp_path / "masks"
-    preprocess_masks.main(preprocess_masks.Args(dataset="synthetic", root=base, parsing=base / "target" / "parsing", out=out, workers=2))
+    preprocess_masks.main(preprocess_masks.Args(dataset="synthetic", root=base, parsing=base / "target" / "parsing", output=out, workers=2))
     train = load_dataset("synthetic", base).train
     with (out / "sizes.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))

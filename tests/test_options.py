@@ -46,12 +46,12 @@ def test_positive_and_between_refuse_the_edges_they_should():
 def test_output_paths(tmp_path):
     a_file = tmp_path / "notes.txt"
     a_file.write_text("mine")
-    output_folder(tmp_path / "new" / "deeper", "--out")  # can be made
+    output_folder(tmp_path / "new" / "deeper", "--output")  # can be made
     output_file(tmp_path / "new" / "m.json", "--json")
-    with pytest.raises(OptionError, match=r"--out '.*notes.txt' is a file: expected a folder"):
-        output_folder(a_file, "--out")
-    with pytest.raises(OptionError, match=r"--out '.*notes.txt/sub': '.*notes.txt' is a file, so this folder cannot be made"):
-        output_folder(a_file / "sub", "--out")
+    with pytest.raises(OptionError, match=r"--output '.*notes.txt' is a file: expected a folder"):
+        output_folder(a_file, "--output")
+    with pytest.raises(OptionError, match=r"--output '.*notes.txt/sub': '.*notes.txt' is a file, so this folder cannot be made"):
+        output_folder(a_file / "sub", "--output")
     with pytest.raises(OptionError, match=r"--json '.*' is a folder: expected a file name"):
         output_file(tmp_path, "--json")
     with pytest.raises(OptionError, match=r"^--json '.*notes.txt/m.json': its folder '.*notes.txt' is a file: expected a folder$"):
@@ -160,11 +160,11 @@ def test_preprocess_pose_refuses_bad_options_before_reading(synthetic_root, tmp_
     a_file = tmp_path / "notes"
     a_file.write_text("mine")
     keypoints = (synthetic_root / "target" / "keypoints.json",)
-    args = preprocess_pose.Args(dataset="synthetic", root=synthetic_root, keypoints=keypoints, out=tmp_path / "p.csv", ks=(5,))
+    args = preprocess_pose.Args(dataset="synthetic", root=synthetic_root, keypoints=keypoints, output=tmp_path / "p.csv", ks=(5,))
     with pytest.raises(OptionError, match=r"^--n-init 0: expected 1 or more$"):
         preprocess_pose.main(dataclasses.replace(args, n_init=0))
-    with pytest.raises(OptionError, match=r"^--out '.*' is a folder: expected a file name$"):
-        preprocess_pose.main(dataclasses.replace(args, out=tmp_path))
+    with pytest.raises(OptionError, match=r"^--output '.*' is a folder: expected a file name$"):
+        preprocess_pose.main(dataclasses.replace(args, output=tmp_path))
     with pytest.raises(OptionError, match=r"^--figures '.*notes' is a file: expected a folder$"):
         preprocess_pose.main(dataclasses.replace(args, figures=a_file))
     assert a_file.read_text() == "mine" and not (tmp_path / "p.csv").exists()
@@ -176,7 +176,7 @@ def test_preprocess_pose_names_an_unreadable_image(synthetic_root, tmp_path):
     broken = sorted((root / "train").glob("*.png"))[0]
     broken.write_bytes(b"no image")
     result = run("preprocess_pose.py", "--dataset", "ltcc", "--root", str(root), "--keypoints",
-                 str(synthetic_root / "target" / "keypoints.json"), "--out", str(tmp_path / "p.csv"), "--ks", "5")
+                 str(synthetic_root / "target" / "keypoints.json"), "--output", str(tmp_path / "p.csv"), "--ks", "5")
     one_error_line(result, f"cannot read the image '{broken}'", "python -m rlq.data --check-images")
     assert not (tmp_path / "p.csv").exists()
 
@@ -186,10 +186,10 @@ def test_preprocess_masks_refuses_bad_options_before_any_mask(synthetic_root, tm
     a_file.write_text("mine")
     parsing = synthetic_root / "target" / "parsing"
     result = run("preprocess_masks.py", "--dataset", "synthetic", "--root", str(synthetic_root), "--parsing", str(parsing),
-                 "--out", str(a_file))
-    one_error_line(result, f"--out '{a_file}' is a file: expected a folder")
+                 "--output", str(a_file))
+    one_error_line(result, f"--output '{a_file}' is a file: expected a folder")
     assert a_file.read_text() == "mine"
-    args = preprocess_masks.Args(dataset="synthetic", root=synthetic_root, parsing=parsing, out=tmp_path / "m")
+    args = preprocess_masks.Args(dataset="synthetic", root=synthetic_root, parsing=parsing, output=tmp_path / "m")
     with pytest.raises(OptionError, match=r"^--min-fraction -1.0: expected a number from 0 to 1$"):
         preprocess_masks.main(dataclasses.replace(args, min_fraction=-1.0))
     with pytest.raises(OptionError, match=r"^--workers 0: expected 1 or more$"):
@@ -220,7 +220,7 @@ def test_seeds_names_a_file_that_is_not_an_evaluation(content, tmp_path, capsys)
     bad = tmp_path / "seed1.json"
     bad.write_bytes(content)
     with pytest.raises(SystemExit) as exit_:
-        seeds.main([str(bad), "--out", str(tmp_path / "table")])
+        seeds.main([str(bad), "--output", str(tmp_path / "table")])
     assert exit_.value.code == 1
     line = capsys.readouterr().err.strip()
     assert line.startswith(f"error: '{bad}' ") and "expected evaluate.py --json output or a run's metrics.json" in line
@@ -228,11 +228,11 @@ def test_seeds_names_a_file_that_is_not_an_evaluation(content, tmp_path, capsys)
 
 
 def test_synthetic_refuses_bad_sizes_and_a_file_as_out(tmp_path):
-    line = _exit_line(synthetic.main, ["--out", str(tmp_path / "d"), "--target-train-ids", "0"])
+    line = _exit_line(synthetic.main, ["--output", str(tmp_path / "d"), "--target-train-ids", "0"])
     assert line == "error: invalid synthetic config: at least one identity in every part and split"
     a_file = tmp_path / "notes"
     a_file.write_text("mine")
-    line = _exit_line(synthetic.main, ["--out", str(a_file), "--workers", "1"])
+    line = _exit_line(synthetic.main, ["--output", str(a_file), "--workers", "1"])
     assert line == f"error: {a_file.resolve()} exists and was not written by rlq.synthetic; refusing to replace it"
     assert a_file.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["notes"]
 
@@ -240,5 +240,5 @@ def test_synthetic_refuses_bad_sizes_and_a_file_as_out(tmp_path):
 def test_json_written_by_seeds_for_good_input_still_works(tmp_path):
     good = tmp_path / "seed1.json"
     good.write_text(json.dumps({"cc": {"top1": 0.5, "mAP": 0.25}}))
-    table = seeds.main([str(good), "--out", str(tmp_path / "table")])
+    table = seeds.main([str(good), "--output", str(tmp_path / "table")])
     assert table["rows"][0]["top1"] == 0.5 and (tmp_path / "table.md").is_file()

@@ -43,8 +43,8 @@ def test_equal_paths_however_spelled(tmp_path, monkeypatch):
 
 def test_an_output_inside_an_input_folder_and_an_input_inside_an_output_folder(tmp_path):
     data, runs = tmp_path / "data", tmp_path / "runs"
-    assert refusal({"--out": data / "parsing" / "masks"}, {"--parsing": data / "parsing"}) == \
-        f"--out '{data}/parsing/masks' lies inside --parsing '{data}/parsing', an input: write --out outside it"
+    assert refusal({"--output": data / "parsing" / "masks"}, {"--parsing": data / "parsing"}) == \
+        f"--output '{data}/parsing/masks' lies inside --parsing '{data}/parsing', an input: write --output outside it"
     assert refusal({"--output": runs}, {"--masks": runs / "x" / "masks"}) == \
         f"--masks '{runs}/x/masks' lies inside --output '{runs}', which this run writes into: " \
         "choose another --output that does not hold its inputs"
@@ -53,9 +53,9 @@ def test_an_output_inside_an_input_folder_and_an_input_inside_an_output_folder(t
 def test_a_symlink_is_followed_and_shown_resolved(tmp_path):
     (tmp_path / "data" / "parsing").mkdir(parents=True)
     (tmp_path / "link").symlink_to(tmp_path / "data")
-    line = refusal({"--out": tmp_path / "link" / "parsing" / "masks"}, {"--parsing": tmp_path / "data" / "parsing"})
-    assert line == (f"--out '{tmp_path}/link/parsing/masks' (resolved: '{tmp_path}/data/parsing/masks') lies inside "
-                    f"--parsing '{tmp_path}/data/parsing', an input: write --out outside it")
+    line = refusal({"--output": tmp_path / "link" / "parsing" / "masks"}, {"--parsing": tmp_path / "data" / "parsing"})
+    assert line == (f"--output '{tmp_path}/link/parsing/masks' (resolved: '{tmp_path}/data/parsing/masks') lies inside "
+                    f"--parsing '{tmp_path}/data/parsing', an input: write --output outside it")
     (tmp_path / "out.json").symlink_to(tmp_path / "best.pt")  # a link to a file that does not exist yet leads there too
     assert refusal({"--json": tmp_path / "out.json"}, {"--checkpoint": tmp_path / "best.pt"}).startswith(
         f"--json '{tmp_path}/out.json' (resolved: '{tmp_path}/best.pt') is --checkpoint '{tmp_path}/best.pt'")
@@ -66,8 +66,8 @@ def test_paths_apart_pass_and_none_is_left_alone(tmp_path):
                         {"--init-from": tmp_path / "runs" / "x" / "best.pt", "--root": None, "--masks": tmp_path / "runs" / "x"})
     check_outputs_apart({"--json": tmp_path / "runs" / "x" / "eval.json"}, {"--checkpoint": tmp_path / "runs" / "x" / "best.pt"})
     # several paths under one option (nargs): each one is checked
-    assert refusal({"--out": (tmp_path / "t.md", tmp_path / "t.json")}, {"RUNS": [tmp_path / "a.json", tmp_path / "t.json"]}) \
-        .startswith(f"--out '{tmp_path}/t.json' is RUNS '{tmp_path}/t.json'")
+    assert refusal({"--output": (tmp_path / "t.md", tmp_path / "t.json")}, {"RUN": [tmp_path / "a.json", tmp_path / "t.json"]}) \
+        .startswith(f"--output '{tmp_path}/t.json' is RUN '{tmp_path}/t.json'")
     assert list(tmp_path.iterdir()) == []  # checking creates nothing
 
 
@@ -96,7 +96,7 @@ def tiny(script, t: Path, **paths):
 
 
 def error_line(call, capsys) -> str:
-    """The `error:` line a script's __main__ would print: from an OptionError, or from the SystemExit of an argparse main."""
+    """The `error:` line a script's __main__ would print: from an OptionError, or from the SystemExit of a main that parses its command line."""
     try:
         call()
     except OptionError as error:
@@ -143,31 +143,32 @@ CASES = [
     ("evaluate lq-samples-path is size-buckets", lambda t: evaluate.main(evaluate.Args(
         checkpoint=t / "runs/x/best.pt", size_buckets=t / "csv/pose.csv", lq_samples=4, lq_samples_path=t / "csv/pose.csv")),
      "--lq-samples-path '{t}/csv/pose.csv' is --size-buckets '{t}/csv/pose.csv', an input: " + SAME.format(out="--lq-samples-path")),
-    ("preprocess_pose out is keypoints", lambda t: preprocess_pose.main(preprocess_pose.Args(
-        dataset="synthetic", keypoints=(t / "csv/pose.csv", t / "keypoints.json"), out=t / "keypoints.json")),
-     "--out '{t}/keypoints.json' is --keypoints '{t}/keypoints.json', an input: " + SAME.format(out="--out")),
+    ("preprocess_pose output is keypoints", lambda t: preprocess_pose.main(preprocess_pose.Args(
+        dataset="synthetic", keypoints=(t / "csv/pose.csv", t / "keypoints.json"), output=t / "keypoints.json")),
+     "--output '{t}/keypoints.json' is --keypoints '{t}/keypoints.json', an input: " + SAME.format(out="--output")),
     ("preprocess_pose figures inside root", lambda t: preprocess_pose.main(preprocess_pose.Args(
-        dataset="synthetic", root=t / "data", keypoints=(t / "keypoints.json",), out=t / "p.csv", figures=t / "data/figures")),
+        dataset="synthetic", root=t / "data", keypoints=(t / "keypoints.json",), output=t / "p.csv", figures=t / "data/figures")),
      "--figures '{t}/data/figures' lies inside --root '{t}/data', an input: " + INSIDE.format(out="--figures")),
-    ("preprocess_masks out inside parsing", lambda t: preprocess_masks.main(preprocess_masks.Args(
-        dataset="synthetic", parsing=t / "data/parsing", out=t / "data/parsing/masks")),
-     "--out '{t}/data/parsing/masks' lies inside --parsing '{t}/data/parsing', an input: " + INSIDE.format(out="--out")),
-    ("preprocess_masks parsing inside out", lambda t: preprocess_masks.main(preprocess_masks.Args(
-        dataset="synthetic", parsing=t / "data/parsing", out=t / "data")),
-     "--parsing '{t}/data/parsing' lies inside --out '{t}/data', " + HOLDS.format(out="--out")),
+    ("preprocess_masks output inside parsing", lambda t: preprocess_masks.main(preprocess_masks.Args(
+        dataset="synthetic", parsing=t / "data/parsing", output=t / "data/parsing/masks")),
+     "--output '{t}/data/parsing/masks' lies inside --parsing '{t}/data/parsing', an input: " + INSIDE.format(out="--output")),
+    ("preprocess_masks parsing inside output", lambda t: preprocess_masks.main(preprocess_masks.Args(
+        dataset="synthetic", parsing=t / "data/parsing", output=t / "data")),
+     "--parsing '{t}/data/parsing' lies inside --output '{t}/data', " + HOLDS.format(out="--output")),
     ("export out is checkpoint", lambda t: export.main(["--checkpoint", str(t / "runs/x/best.pt"), "--out", str(t / "link/../runs/x/best.pt")]),
      "--out '{t}/link/../runs/x/best.pt' is --checkpoint '{t}/runs/x/best.pt', an input: " + SAME.format(out="--out")),
-    ("seeds out is a run", lambda t: seeds.main([str(t / "runs/x/m.json"), "--out", str(t / "runs/x/m")]),
-     "--out '{t}/runs/x/m.json' is RUNS '{t}/runs/x/m.json', an input: " + SAME.format(out="--out")),
-    ("seeds out is a run folder's metrics", lambda t: seeds.main([str(t / "runs/x"), "--out", str(t / "runs/x/metrics")]),
-     "--out '{t}/runs/x/metrics.json' is RUNS '{t}/runs/x/metrics.json', an input: " + SAME.format(out="--out")),
+    ("seeds output is a run", lambda t: seeds.main([str(t / "runs/x/m.json"), "--output", str(t / "runs/x/m")]),
+     "--output '{t}/runs/x/m.json' is RUN '{t}/runs/x/m.json', an input: " + SAME.format(out="--output")),
+    ("seeds output is a run folder's metrics", lambda t: seeds.main([str(t / "runs/x"), "--output", str(t / "runs/x/metrics")]),
+     "--output '{t}/runs/x/metrics.json' is RUN '{t}/runs/x/metrics.json', an input: " + SAME.format(out="--output")),
     ("report results is pose-csv", lambda t: report.main([str(t / "csv"), "--seeds", "1", "--pose-csv", str(t / "csv/results.json")]),
      "OUT '{t}/csv/results.json' is --pose-csv '{t}/csv/results.json', an input: " + SAME.format(out="OUT")),
-    ("reproduce masks inside a run folder", lambda t: reproduce.main(["celeb", "--root", str(t / "data"), "--out", str(t / "runs"),
+    ("reproduce masks inside a run folder", lambda t: reproduce.main(["celeb", "--root", str(t / "data"), "--output", str(t / "runs"),
                                                                      "--masks", str(t / "runs/base/masks"), "--dry-run"]),
-     "--masks '{t}/runs/base/masks' lies inside --out '{t}/runs/base', " + HOLDS.format(out="--out")),
-    ("reproduce out inside root", lambda t: reproduce.main(["celeb", "--root", str(t / "data"), "--out", str(t / "data/runs"), "--dry-run"]),
-     "--out '{t}/data/runs/base' lies inside --root '{t}/data', an input: " + INSIDE.format(out="--out")),
+     "--masks '{t}/runs/base/masks' lies inside --output '{t}/runs/base', " + HOLDS.format(out="--output")),
+    ("reproduce output inside root", lambda t: reproduce.main(["celeb", "--root", str(t / "data"), "--output", str(t / "data/runs"),
+                                                              "--dry-run"]),
+     "--output '{t}/data/runs/base' lies inside --root '{t}/data', an input: " + INSIDE.format(out="--output")),
     ("bench_data crops folder holds train-json", lambda t: bench_data().main(["--train-json", str(t / "runs/x/m.json"),
                                                                              "--folder", str(t / "runs")]),
      "--train-json '{t}/runs/x/m.json' lies inside --folder '{t}/runs', " + HOLDS.format(out="--folder")),
@@ -193,7 +194,7 @@ def test_a_teacher_in_another_run_folder_and_resume_inside_output_are_fine(tree)
     """Only the clashes are refused: the run then goes on to the next check (here: the stand-in checkpoint is no checkpoint)."""
     cfg = tiny(train_rlq, tree, output=tree / "runs/rlq", teacher=tree / "runs/x/best.pt", resume=tree / "runs/rlq/last.pt")
     train_rlq.check_training(cfg)
-    check_outputs_apart({"--out": tree / "runs/reproduce/rlq"}, {"--teacher": tree / "runs/reproduce/celeb/base/seed1/last.pt"})
+    check_outputs_apart({"--output": tree / "runs/reproduce/rlq"}, {"--teacher": tree / "runs/reproduce/celeb/base/seed1/last.pt"})
 
 
 # --- as a user runs them: one process each, one `error:` line, nothing written -------------------------------------
@@ -211,12 +212,12 @@ SUBPROCESS_CASES = [
                             "--gallery-dir", str(t / "gallery"), "--ranking-dir", relative(t / "queries")],
      "--ranking-dir '{rel}/queries' is --query-dir '{t}/queries', an input: " + SAME.format(out="--ranking-dir")),
     ("preprocess_masks", lambda t: ["preprocess_masks.py", "--dataset", "synthetic", "--parsing", str(t / "link/parsing"),
-                                    "--out", str(t / "data/parsing/masks")],
-     "--out '{t}/data/parsing/masks' lies inside --parsing '{t}/link/parsing' "
-     "(resolved: '{t}/data/parsing'), an input: " + INSIDE.format(out="--out")),
-    ("convert_authors_checkpoint", lambda t: ["scripts/convert_authors_checkpoint.py", "--src", str(t / "runs/x/best.pt"),
-                                              "--out", str(t / "runs/x/best.pt")],
-     "--out '{t}/runs/x/best.pt' is --src '{t}/runs/x/best.pt', an input: " + SAME.format(out="--out")),
+                                    "--output", str(t / "data/parsing/masks")],
+     "--output '{t}/data/parsing/masks' lies inside --parsing '{t}/link/parsing' "
+     "(resolved: '{t}/data/parsing'), an input: " + INSIDE.format(out="--output")),
+    ("convert_authors_checkpoint", lambda t: ["scripts/convert_authors_checkpoint.py", "--checkpoint", str(t / "runs/x/best.pt"),
+                                              "--output", str(t / "runs/x/best.pt")],
+     "--output '{t}/runs/x/best.pt' is --checkpoint '{t}/runs/x/best.pt', an input: " + SAME.format(out="--output")),
 ]
 
 

@@ -210,7 +210,7 @@ def pose_tree(tmp_path):
 
 
 def run_pose(root, keypoints, out, **overrides) -> None:
-    args = dict(dataset="ltcc", keypoints=(keypoints,), out=out, root=root, variants=("R_LA", "R_A", "N_LA"), ks=(3, 2))
+    args = dict(dataset="ltcc", keypoints=(keypoints,), output=out, root=root, variants=("R_LA", "R_A", "N_LA"), ks=(3, 2))
     preprocess_pose.main(preprocess_pose.Args(**(args | overrides)))
 
 
@@ -280,7 +280,7 @@ def test_figures(pose_tree, tmp_path):
 def test_synthetic_dataset(synthetic_root, tmp_path):
     base = synthetic_root
     out = tmp_path / "pose.csv"
-    preprocess_pose.main(preprocess_pose.Args(dataset="synthetic", root=base, keypoints=(base / "target" / "keypoints.json",), out=out, ks=(5, 15)))
+    preprocess_pose.main(preprocess_pose.Args(dataset="synthetic", root=base, keypoints=(base / "target" / "keypoints.json",), output=out, ks=(5, 15)))
     train = load_dataset("synthetic", base).train
     detected = {Path(r["image_id"]).stem for r in json.loads((base / "target" / "keypoints.json").read_text())}
     labels = read_pose_csv(out, "R_LA_15")

@@ -27,7 +27,7 @@ def dataset(synthetic_root):
 def masks_dir(synthetic_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("masks")
     preprocess_masks.main(preprocess_masks.Args(dataset="synthetic", root=synthetic_root,
-                                                parsing=synthetic_root / "target" / "parsing", out=out, workers=2))
+                                                parsing=synthetic_root / "target" / "parsing", output=out, workers=2))
     return out
 
 

@@ -19,8 +19,8 @@ PAPER = {
 }
 
 
-def dry_run(name: str, *args: str, out=None) -> list[list[str]]:
-    extra = ["--out", str(out)] if out else []
+def dry_run(name: str, *args: str, output=None) -> list[list[str]]:
+    extra = ["--output", str(output)] if output else []
     result = subprocess.run(["bash", str(REPO / "scripts" / f"reproduce_{name}.sh"), "--root", f"/data/{name}", *args, *extra,
                              "--dry-run"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -88,7 +88,7 @@ def test_a_rerun_resumes_and_skips_what_is_done(tmp_path):
     (tmp_path / "rlq" / "seed1" / "test.json").write_text("{}")
     (tmp_path / "rlq" / "seed2").mkdir()
     (tmp_path / "rlq" / "seed2" / "last.pt").write_bytes(b"")
-    lines = dry_run("ltcc", *RLQ_ARGS, out=tmp_path)
+    lines = dry_run("ltcc", *RLQ_ARGS, output=tmp_path)
     folder = str(tmp_path / "rlq" / "seed1")
     seed1 = [c for c in lines if ("--output" in c and option(c, "--output") == folder)
              or ("--json" in c and option(c, "--json").startswith(folder))]

@@ -29,7 +29,7 @@ def _write(tmp_path):
 
 def test_table_arithmetic_on_recorded_results(tmp_path, capsys):
     paths = _write(tmp_path)
-    table = main([*map(str, paths), "--evaluation", "cc", "--out", str(tmp_path / "seeds")])
+    table = main([*map(str, paths), "--evaluation", "cc", "--output", str(tmp_path / "seeds")])
     top1 = [0.441, 0.464, 0.464, 0.426]
     maps = [0.205, 0.219, 0.221, 0.230]
     summary = table["summary"]
@@ -64,6 +64,6 @@ def test_run_folder_rows_come_from_the_best_evaluation_picked_on_test(tmp_path):
 def test_missing_evaluation_is_a_clear_error(tmp_path, capsys):
     paths = _write(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
-        main([str(paths[0]), "--evaluation", "sc", "--out", str(tmp_path / "t")])
+        main([str(paths[0]), "--evaluation", "sc", "--output", str(tmp_path / "t")])
     assert exit_info.value.code == 1
     assert "error: " in capsys.readouterr().err and not (tmp_path / "t.md").exists()

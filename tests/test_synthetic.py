@@ -69,7 +69,7 @@ def listing(root: Path) -> list[str]:
 
 def test_same_seed_same_bytes_whatever_the_workers_and_other_seed_differs(tmp_path):
     flags = [f"--{k.replace('_', '-')}" for k in TINY]
-    argv = ["--out", str(tmp_path / "a"), "--seed", "3", "--workers", "1"]
+    argv = ["--output", str(tmp_path / "a"), "--seed", "3", "--workers", "1"]
     for flag, value in zip(flags, TINY.values()):
         argv += [flag, *map(str, value)] if isinstance(value, tuple) else [flag, str(value)]
     synthetic.main(argv)
