@@ -23,11 +23,11 @@ stage() {  # stage NAME LOG COMMAND...: run one stage, its output in LOG, unless
 prepare_data() {  # the synthetic dataset, its pose clusters (the CAP labels) and clothes masks (the size buckets)
   mkdir -p "$OUT"
   echo "data (seed $DATA_SEED):"
-  stage "generate the synthetic dataset" "$OUT/generate.log" $PY -m rlq.synthetic --out "$ROOT" --seed "$DATA_SEED"
+  stage "generate the synthetic dataset" "$OUT/generate.log" $PY -m rlq.synthetic --output "$ROOT" --seed "$DATA_SEED"
   stage "pose clusters (R_LA, K = 15)" "$OUT/pose.log" $PY preprocess_pose.py --dataset synthetic --root "$ROOT" \
-    --keypoints "$ROOT/target/keypoints.json" --out "$OUT/pose.csv" --variants R_LA --ks 15
+    --keypoints "$ROOT/target/keypoints.json" --output "$OUT/pose.csv" --variants R_LA --ks 15
   stage "clothes masks and size buckets" "$OUT/masks.log" $PY preprocess_masks.py --dataset synthetic --root "$ROOT" \
-    --parsing "$ROOT/target/parsing" --splits train query gallery --out "$OUT/masks"
+    --parsing "$ROOT/target/parsing" --splits train query gallery --output "$OUT/masks"
 }
 
 # Every model: resnet18 at 64x32 from random init (the external model) or from the external model (--init-from).

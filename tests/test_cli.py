@@ -89,9 +89,7 @@ def test_every_command_takes_a_documented_tyro_dataclass(command, monkeypatch, c
     assert shown_names(text)[0] == "-h"  # the options as tyro lists them
 
 
-@pytest.mark.parametrize("command", [
-    pytest.param(command, marks=pytest.mark.xfail(strict=True, reason="rlq/fidelity.py, kept as it is here, still takes --out"))
-    if command == "python -m rlq.fidelity" else command for command in COMMANDS])
+@pytest.mark.parametrize("command", COMMANDS)
 def test_no_command_documents_out_as_an_option_name(command, monkeypatch, capsys):
     """--out, the former name of --output in several commands, is at most shown after it."""
     text, _ = run_help(COMMANDS[command], monkeypatch, capsys)
