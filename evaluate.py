@@ -9,7 +9,8 @@ launched with `accelerate launch`) and runs every protocol of the dataset
     accelerate launch --multi_gpu --num_processes 2 evaluate.py --checkpoint runs/base-ltcc/best.pt --root /data/LTCC_ReID
 
 The authors' released .pth.tar checkpoints load as they are (`rlq.authors`); they do not
-record their dataset, so pass --dataset. With --query-dir and --gallery-dir it ranks two
+record their dataset, so pass --dataset. So do the folders of `python -m rlq.export --format
+safetensors` (`rlq.checkpoint.load_exported`). With --query-dir and --gallery-dir it ranks two
 folders of unlabelled images instead (`rlq.ranking`): every query's top-k gallery images
 with their similarities, as ranking.csv and one PNG per query.
 
@@ -49,7 +50,8 @@ class Args:
     """Evaluate a checkpoint (of the training scripts, or the authors') on a dataset, or rank one image folder against another."""
 
     checkpoint: Path
-    """best.pt / last.pt of a run, or one of the authors' released .pth.tar checkpoints."""
+    """best.pt / last.pt of a run, one of the authors' released .pth.tar checkpoints, or a folder written by
+    python -m rlq.export --format safetensors."""
     dataset: Literal["ltcc", "prcc", "celeb", "last", "deepchange", "synthetic", "synthetic-external"] | None = None
     """Dataset to evaluate on (default: the one the checkpoint was trained on; required for the authors' checkpoints)."""
     root: Path | None = None

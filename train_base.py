@@ -30,7 +30,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from rlq.checkpoint import CheckpointError, load_checkpoint
 from rlq.data import DatasetLayoutError, check_training_identities, hold_out_identities, load_dataset, summary_table
 from rlq.files import ends_cleanly
-from rlq.launch import LaunchError, check_launch, memory_format, mixed_precision
+from rlq.launch import LaunchError, Tracker, check_launch, memory_format, mixed_precision, trackers
 from rlq.loaders import TrainImages, train_loader
 from rlq.losses import (
     clothes_adversarial_loss,
@@ -60,7 +60,7 @@ from rlq.training import (
     resume_path,
     save_run,
     stopped_message,
-    tensorboard_config,
+    tracker_config,
     train_transform,
 )
 
@@ -74,7 +74,7 @@ class Config:
     root: Path | None = None
     """Dataset folder (e.g. /data/LTCC_ReID). Optional for the synthetic datasets (generated into a cache)."""
     output: Path = Path("runs/base")
-    """Run folder: best.pt, last.pt, metrics.json and tensorboard/."""
+    """Run folder: best.pt, last.pt, metrics.json and tensorboard/ (with --log-with tensorboard)."""
     model: Literal["base", "cal"] = "base"
     """base: two branches (f1 CAL, f2 ID) with CE + KL + triplet + CAL; cal: vanilla CAL (one feature, CE + CAL)."""
     backbone: str = "resnet50.tv_in1k"
@@ -84,8 +84,9 @@ class Config:
     pretrained_weights: Path | None = None
     """Local ImageNet state dict of the trunk (.pth / .safetensors), instead of the timm hub."""
     init_from: Path | None = None
-    """Start the model from another run's checkpoint (ours or the authors'; any class counts) instead of ImageNet:
-    trunk, branches and necks are copied, heads of other class counts start fresh (see rlq.checkpoint.init_from_checkpoint)."""
+    """Start the model from another run's checkpoint (ours, the authors' or an exported folder; any class counts) instead
+    of ImageNet: trunk, branches and necks are copied, heads of other class counts (and those an exported folder leaves
+    out) start fresh (see rlq.checkpoint.init_from_checkpoint)."""
     split_after: Literal["layer1", "layer2", "layer3"] = "layer2"
     """Base model: the trunk stage after which the CAL and ID branches fork."""
     height: int = 384
@@ -132,6 +133,10 @@ class Config:
     """torch.compile the model (the first steps take longer while it compiles)."""
     log_every: int = 50
     """Read the loss terms back (one device sync), check them for NaN and log their means every N steps and at epoch end."""
+    log_with: tuple[Tracker, ...] = ("tensorboard",)
+    """Experiment trackers that get the loss terms, the evaluation metrics and this configuration, several at once
+    (--log-with tensorboard wandb), or none. tensorboard writes to --output/tensorboard; the others (Accelerate's:
+    wandb, mlflow, comet_ml, aim, clearml, dvclive, swanlab, trackio) keep to their own settings (login, environment)."""
     seed: int = 1
     """Base seed: torch uses seed + rank; the sampler shares the seed; augmentation uses (seed, epoch, rank, worker)."""
     resume: Path | None = None
@@ -205,7 +210,7 @@ def main(cfg: Config) -> dict:
     check_training(cfg)
     accelerator = Accelerator(
         mixed_precision=mixed_precision(cfg.mixed_precision),
-        log_with="tensorboard",
+        log_with=trackers(cfg.log_with),
         project_config=ProjectConfiguration(project_dir=str(cfg.output), logging_dir=str(cfg.output / "tensorboard")),
     )
     check_launch(accelerator)
@@ -256,7 +261,7 @@ def main(cfg: Config) -> dict:
                                              best=best, history=history, global_step=global_step, **loader_options)
         save(epoch + 1, improved)
 
-    accelerator.init_trackers("train_base", config=tensorboard_config(cfg))
+    accelerator.init_trackers("train_base", config=tracker_config(cfg))
     global_step = sum(entry["steps"] for entry in history["train"])  # the sampler's batch count varies by epoch
     if cfg.resume is not None and checkpoint.get("evaluation_pending"):
         evaluate_and_save(start_epoch - 1)  # the run stopped between writing last.pt and evaluating that epoch

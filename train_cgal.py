@@ -33,7 +33,7 @@ from rlq.attributes import AttributeFileError, label_training_samples, num_pose_
 from rlq.checkpoint import CheckpointError, load_checkpoint
 from rlq.data import DatasetLayoutError, check_training_identities, hold_out_identities, load_dataset, summary_table
 from rlq.files import ends_cleanly
-from rlq.launch import LaunchError, check_launch, memory_format, mixed_precision
+from rlq.launch import LaunchError, Tracker, check_launch, memory_format, mixed_precision, trackers
 from rlq.loaders import AttributedTrainImages, train_loader
 from rlq.losses import (
     abs_cosine_loss,
@@ -64,7 +64,7 @@ from rlq.training import (
     resume_path,
     save_run,
     stopped_message,
-    tensorboard_config,
+    tracker_config,
     train_transform,
 )
 
@@ -80,7 +80,7 @@ class Config:
     root: Path | None = None
     """Dataset folder (e.g. /data/LTCC_ReID). Optional for the synthetic datasets (generated into a cache)."""
     output: Path = Path("runs/cgal")
-    """Run folder: best.pt, last.pt, metrics.json and tensorboard/."""
+    """Run folder: best.pt, last.pt, metrics.json and tensorboard/ (with --log-with tensorboard)."""
     attributes: tuple[Attribute, ...] = ("gender", "pose")
     """Coarse attributes to predict: gender (head on --gender-input), pose (pose branch f3 + |cos| disentangling), or both."""
     gender_csv: Path | None = None
@@ -102,8 +102,9 @@ class Config:
     pretrained_weights: Path | None = None
     """Local ImageNet state dict of the trunk (.pth / .safetensors), instead of the timm hub."""
     init_from: Path | None = None
-    """Start the model from another run's checkpoint (ours or the authors'; any class counts) instead of ImageNet:
-    trunk, branches and necks are copied, heads of other class counts start fresh (see rlq.checkpoint.init_from_checkpoint)."""
+    """Start the model from another run's checkpoint (ours, the authors' or an exported folder; any class counts) instead
+    of ImageNet: trunk, branches and necks are copied, heads of other class counts (and those an exported folder leaves
+    out) start fresh (see rlq.checkpoint.init_from_checkpoint)."""
     split_after: Literal["layer1", "layer2", "layer3"] = "layer2"
     """The trunk stage after which the CAL and ID branches fork."""
     pose_split_after: Literal["layer1", "layer2", "layer3"] = "layer1"
@@ -152,6 +153,10 @@ class Config:
     """torch.compile the model (the first steps take longer while it compiles)."""
     log_every: int = 50
     """Read the loss terms back (one device sync), check them for NaN and log their means every N steps and at the end of each pass."""
+    log_with: tuple[Tracker, ...] = ("tensorboard",)
+    """Experiment trackers that get the loss terms, the evaluation metrics and this configuration, several at once
+    (--log-with tensorboard wandb), or none. tensorboard writes to --output/tensorboard; the others (Accelerate's:
+    wandb, mlflow, comet_ml, aim, clearml, dvclive, swanlab, trackio) keep to their own settings (login, environment)."""
     seed: int = 1
     """Base seed: torch uses seed + rank; the sampler shares the seed; augmentation uses (seed, epoch, rank, worker)."""
     resume: Path | None = None
@@ -244,7 +249,7 @@ def main(cfg: Config) -> dict:
     ddp = DistributedDataParallelKwargs(find_unused_parameters=set(cfg.attributes) != {"gender", "pose"})
     accelerator = Accelerator(
         mixed_precision=mixed_precision(cfg.mixed_precision),
-        log_with="tensorboard",
+        log_with=trackers(cfg.log_with),
         project_config=ProjectConfiguration(project_dir=str(cfg.output), logging_dir=str(cfg.output / "tensorboard")),
         kwargs_handlers=[ddp],
     )
@@ -297,7 +302,7 @@ def main(cfg: Config) -> dict:
                                              best=best, history=history, global_step=global_step, **loader_options)
         save(epoch + 1, improved)
 
-    accelerator.init_trackers("train_cgal", config=tensorboard_config(cfg))
+    accelerator.init_trackers("train_cgal", config=tracker_config(cfg))
     global_step = sum(entry["steps"] for entry in history["train"])
     if cfg.resume is not None and checkpoint.get("evaluation_pending"):
         evaluate_and_save(start_epoch - 1)  # the run stopped between writing last.pt and evaluating that epoch

@@ -44,7 +44,7 @@ from rlq.attributes import AttributeFileError, label_training_samples, num_pose_
 from rlq.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from rlq.data import DatasetLayoutError, check_training_identities, hold_out_identities, load_dataset, summary_table
 from rlq.files import ends_cleanly
-from rlq.launch import LaunchError, check_launch, memory_format, mixed_precision
+from rlq.launch import LaunchError, Tracker, check_launch, memory_format, mixed_precision, trackers
 from rlq.loaders import AttributedTrainImages, TADPairs, tad_loader, train_loader
 from rlq.losses import normalized_mse, softened_kl
 from rlq.model import BaseModel, CosineClassifier, RLQModel
@@ -67,7 +67,7 @@ from rlq.training import (
     resume_path,
     save_run,
     stopped_message,
-    tensorboard_config,
+    tracker_config,
     train_transform,
 )
 
@@ -79,7 +79,7 @@ class Config:
     """Train the RLQ student (TAD on an external set + CAP on the target set); defaults reproduce the paper."""
 
     teacher: Literal["none"] | Path
-    """Frozen TAD teacher: a train_base.py / train_cgal.py checkpoint (or the authors'), or none (self-supervision: the KL terms only)."""
+    """Frozen TAD teacher: a train_base.py / train_cgal.py checkpoint (or the authors', or an exported folder), or none (self-supervision: the KL terms only)."""
     dataset: Literal["ltcc", "prcc", "last", "deepchange", "synthetic"] = "ltcc"
     """Target dataset (CAP phase, evaluation, and the low-quality mix of the TAD phase)."""
     root: Path | None = None
@@ -89,7 +89,7 @@ class Config:
     external_root: Path | None = None
     """External dataset folder (e.g. /data/Celeb-reID). Optional for synthetic-external."""
     output: Path = Path("runs/rlq")
-    """Run folder: best.pt, last.pt, metrics.json and tensorboard/."""
+    """Run folder: best.pt, last.pt, metrics.json and tensorboard/ (with --log-with tensorboard)."""
     tad_model: Literal["rlq", "base"] = "rlq"
     """Student: rlq (three branches, CAP with --attributes) or base (two branches, base loss: the 'base + TAD' ablation)."""
     attributes: tuple[Attribute, ...] = ("gender", "pose")
@@ -113,8 +113,9 @@ class Config:
     pretrained_weights: Path | None = None
     """Local ImageNet state dict of the trunk (.pth / .safetensors), instead of the timm hub."""
     init_from: Path | None = None
-    """Start the model from another run's checkpoint (ours or the authors'; any class counts) instead of ImageNet:
-    trunk, branches and necks are copied, heads of other class counts start fresh (see rlq.checkpoint.init_from_checkpoint)."""
+    """Start the model from another run's checkpoint (ours, the authors' or an exported folder; any class counts) instead
+    of ImageNet: trunk, branches and necks are copied, heads of other class counts (and those an exported folder leaves
+    out) start fresh (see rlq.checkpoint.init_from_checkpoint)."""
     split_after: Literal["layer1", "layer2", "layer3"] = "layer2"
     """The trunk stage after which the CAL and ID branches fork."""
     pose_split_after: Literal["layer1", "layer2", "layer3"] = "layer1"
@@ -163,6 +164,10 @@ class Config:
     """torch.compile the model (the first steps take longer while it compiles)."""
     log_every: int = 50
     """Read the loss terms back (one device sync), check them for NaN and log their means every N steps and at the end of each pass."""
+    log_with: tuple[Tracker, ...] = ("tensorboard",)
+    """Experiment trackers that get the loss terms, the evaluation metrics and this configuration, several at once
+    (--log-with tensorboard wandb), or none. tensorboard writes to --output/tensorboard; the others (Accelerate's:
+    wandb, mlflow, comet_ml, aim, clearml, dvclive, swanlab, trackio) keep to their own settings (login, environment)."""
     seed: int = 1
     """Base seed: torch uses seed + rank; samplers share the seed; augmentation uses (seed, epoch, rank, worker)."""
     resume: Path | None = None
@@ -291,7 +296,7 @@ def main(cfg: Config) -> dict:
     # The TAD step leaves the pose branch and the attribute heads without gradients: DDP must allow that.
     accelerator = Accelerator(
         mixed_precision=mixed_precision(cfg.mixed_precision),
-        log_with="tensorboard",
+        log_with=trackers(cfg.log_with),
         project_config=ProjectConfiguration(project_dir=str(cfg.output), logging_dir=str(cfg.output / "tensorboard")),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.tad_model == "rlq")],
     )
@@ -353,7 +358,7 @@ def main(cfg: Config) -> dict:
                                              best=best, history=history, global_step=global_step, **loader_options)
         save_last(epoch + 1, "cap", improved)
 
-    accelerator.init_trackers("train_rlq", config=tensorboard_config(cfg))
+    accelerator.init_trackers("train_rlq", config=tracker_config(cfg))
     global_step = sum(entry["steps"] for entry in history["tad"] + history["train"])
     if cfg.resume is not None and checkpoint.get("evaluation_pending"):
         evaluate_and_save(start_epoch - 1)  # the run stopped between writing last.pt and evaluating that epoch

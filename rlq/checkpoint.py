@@ -15,7 +15,9 @@ last.pt the state to resume from (optimizers, scheduler, per-rank RNG states).
 
 `load_checkpoint` also reads the authors' released .pth.tar files and returns them
 converted into this format (`rlq.authors`), so every script that takes a checkpoint
-takes theirs.
+takes theirs; and folders written by `python -m rlq.export --format safetensors`
+(`model.safetensors`: the retrieval network's weights; `config.json`: how to build
+it and how it was made), read without any pickle.
 """
 
 from __future__ import annotations
@@ -25,13 +27,15 @@ import random
 from pathlib import Path
 
 import numpy as np
+import safetensors.torch
 import torch
 from torch import nn
 
 from rlq.authors import convert_authors_checkpoint
-from rlq.checkpoint_format import CheckpointError, mismatch_report
-from rlq.files import write_bytes_atomic
-from rlq.model import build_model
+from rlq.checkpoint_format import CheckpointError, code_version, mismatch_report
+from rlq.files import read_json_file, write_bytes_atomic
+from rlq.model import build_model, retrieval_state_dict
+from rlq.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
 def save_atomic(obj: dict, path: Path) -> None:
@@ -51,9 +55,11 @@ def load_checkpoint(path: Path) -> dict:
     """Read a checkpoint onto the CPU, with an error naming the file if it is missing, truncated or foreign.
 
     The authors' released checkpoints (`model_state_dict`, ...; see `rlq.authors`) are recognised
-    and returned converted into this project's format.
+    and returned converted into this project's format; an exported folder is read by `load_exported`.
     """
     path = Path(path)
+    if path.is_dir():
+        return load_exported(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint '{path}' does not exist")
     try:
@@ -73,6 +79,62 @@ def load_checkpoint(path: Path) -> dict:
             "(no 'model_state_dict' entry)"
         )
     return checkpoint
+
+
+# An exported folder (rlq.export --format safetensors): no pickle anywhere, so anyone can load it safely.
+EXPORTED_WEIGHTS, EXPORTED_CONFIG = "model.safetensors", "config.json"
+# What building the model needs from config.json (the rest describes the network and its run for people).
+_BUILD_ENTRIES = ("arch", "backbone", "arch_kwargs", "classes", "input_size", "normalisation")
+
+
+def exported_config(checkpoint: dict, model: nn.Module) -> dict:
+    """config.json of an exported model: how to build it and feed it, and its training run's provenance."""
+    return {
+        "arch": checkpoint["arch"],
+        "backbone": checkpoint["backbone"],
+        "arch_kwargs": checkpoint["arch_kwargs"],
+        "classes": checkpoint["classes"],
+        "feature_dim": model.retrieval_dim,
+        "feature": "L2-normalised sum of the features of the image and of its mirror image: rank by dot product",
+        "input_size": checkpoint["input_size"],
+        "normalisation": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "resize": "bilinear",
+                          "scale": "RGB / 255, then (x - mean) / std"},
+        "provenance": {k: checkpoint[k] for k in ("dataset", "config", "version", "epoch", "best") if k in checkpoint},
+        "exported_with": code_version(),
+    }
+
+
+def exported_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """model.safetensors of an exported model: the weights retrieval uses (no identity or attribute heads)."""
+    return {k: v.contiguous() for k, v in retrieval_state_dict(model).items()}
+
+
+def load_exported(folder: Path) -> dict:
+    """An exported folder as a checkpoint (`retrieval_only`: `model` lacks the training-only modules), read without
+    pickle: JSON and safetensors. Every problem is one error naming the file."""
+    config_path, weights_path = folder / EXPORTED_CONFIG, folder / EXPORTED_WEIGHTS
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise CheckpointError(f"'{folder}' is a folder without {path.name}: expected a folder written by "
+                                  "python -m rlq.export --format safetensors (of a run folder, give its best.pt)")
+    config = read_json_file(config_path, dict, CheckpointError, "the config.json of python -m rlq.export --format safetensors")
+    missing = [entry for entry in _BUILD_ENTRIES if entry not in config]
+    if missing:
+        raise CheckpointError(f"'{config_path}' lacks {', '.join(missing)}: expected the config.json of "
+                              "python -m rlq.export --format safetensors")
+    ours, theirs = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}, config["normalisation"]
+    if not isinstance(theirs, dict) or {k: theirs.get(k) for k in ours} != ours:
+        raise CheckpointError(f"'{config_path}' asks for another input normalisation than rlq's ImageNet mean and std "
+                              f"({config['normalisation']}): rlq cannot feed this network as it was trained")
+    try:
+        weights = safetensors.torch.load_file(weights_path)
+    except Exception as error:  # safetensors raises its own SafetensorError, OSError, ... for damaged files
+        raise CheckpointError(f"cannot read '{weights_path}': the file is truncated, damaged or not a safetensors file "
+                              f"({type(error).__name__}: {error})") from None
+    provenance = config.get("provenance", {})
+    return {"model": weights, **{entry: config[entry] for entry in _BUILD_ENTRIES},
+            "dataset": provenance.get("dataset"), "config": provenance.get("config", {}),
+            "version": provenance.get("version"), "retrieval_only": True}
 
 
 def load_state_checked(module: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
@@ -117,10 +179,18 @@ def set_rng_states(states: dict) -> None:
 
 
 def model_from_checkpoint(checkpoint: dict, source: Path) -> nn.Module:
-    """The model a checkpoint describes, with its weights (no ImageNet download: every weight comes from the file)."""
+    """The model a checkpoint describes, with its weights (no ImageNet download: every weight comes from the file).
+
+    An exported folder holds the retrieval weights alone: the model's training-only modules (identity and attribute
+    heads, RLQ's pose branch) keep their fresh initialisation, which no retrieval feature uses.
+    """
     model = build_model(checkpoint["arch"], checkpoint["classes"]["num_pids"], checkpoint["backbone"], pretrained=False,
                         **checkpoint["arch_kwargs"])
-    load_state_checked(model, checkpoint["model"], f"checkpoint '{source}' ({checkpoint['arch']}, {checkpoint['backbone']})")
+    state = checkpoint["model"]
+    if checkpoint.get("retrieval_only"):
+        fresh = model.state_dict()
+        state = {k: v for k, v in fresh.items() if k.partition(".")[0] in model.training_only} | state
+    load_state_checked(model, state, f"checkpoint '{source}' ({checkpoint['arch']}, {checkpoint['backbone']})")
     return model
 
 

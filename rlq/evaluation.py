@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from PIL import Image
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from rlq.data import Evaluation, Sample, format_table
@@ -25,7 +26,6 @@ from rlq.rerank import rerank
 METRIC_COLUMNS = ("top1", "top5", "top10", "top20", "mAP", "mINP")
 
 
-@torch.no_grad()
 def extract_features(
     model: torch.nn.Module,
     samples: list[Sample],
@@ -44,19 +44,27 @@ def extract_features(
     `model` is the bare model (not DDP-wrapped); it is put in eval mode for the
     extraction and back into its previous mode afterwards.
     """
-    loader = accelerator.prepare_data_loader(eval_loader(samples, height, width, batch_size, num_workers, degrade))
+    return loader_features(model, eval_loader(samples, height, width, batch_size, num_workers, degrade), accelerator)
+
+
+@torch.no_grad()
+def loader_features(model: torch.nn.Module, loader: DataLoader, accelerator: Accelerator, flip: bool = True) -> torch.Tensor:
+    """`extract_features` of the (images [B, 3, H, W], indices [B]) batches of an evaluation loader, in index order
+    (`flip=False`: each image's feature alone, without its mirror image's)."""
+    num_images = len(loader.dataset)
+    loader = accelerator.prepare_data_loader(loader)
     was_training = model.training
     model.eval()
     features, indices = [], []
     for images, index in tqdm(loader, desc="features", unit="batch", disable=not accelerator.is_main_process, leave=False):
         images = images.to(accelerator.device, memory_format=memory_format(accelerator.device))
         with accelerator.autocast():
-            batch_features = model.retrieval_features(images)
+            batch_features = model.retrieval_features(images, flip)
         batch_features, index = accelerator.gather_for_metrics((batch_features, index.to(accelerator.device)))
         features.append(batch_features.float().cpu())
         indices.append(index.cpu())
     model.train(was_training)
-    return _in_dataset_order(torch.cat(features), torch.cat(indices), len(samples))
+    return _in_dataset_order(torch.cat(features), torch.cat(indices), num_images)
 
 
 def _in_dataset_order(features: torch.Tensor, indices: torch.Tensor, num_samples: int) -> torch.Tensor:

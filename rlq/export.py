@@ -1,29 +1,48 @@
-"""Export a checkpoint's retrieval network to ONNX: an image batch in, L2-normalised features out.
+"""Export a checkpoint's retrieval network: to ONNX (an image batch in, L2-normalised features out), or to a
+folder of safetensors weights and a config.json, to share (`--format safetensors`).
 
     python -m rlq.export --checkpoint runs/rlq-ltcc/best.pt --out rlq_ltcc.onnx
     python -m rlq.export --checkpoint rlq_ltcc.pth.tar --out rlq_ltcc.onnx                    # the authors' weights
+    python -m rlq.export --checkpoint runs/rlq-ltcc/best.pt --format safetensors --out rlq-ltcc
 
-Input `images`: float32 [batch, 3, H, W] (H x W the checkpoint's input size, 384 x 192 for the
+ONNX: input `images`: float32 [batch, 3, H, W] (H x W the checkpoint's input size, 384 x 192 for the
 paper's), resized with bilinear interpolation and normalised with the ImageNet mean and std, as
 `rlq.transforms.EvalTransform` does. Output `features`: float32 [batch, D], L2-normalised (D = 8192
 for a two- or three-branch ResNet-50; rank by dot product). The batch axis is dynamic. By default
 the feature is evaluate.py's: the sum of the image's and its mirror image's features
 (`--no-flip-sum`: the image alone, half the compute). Needs `pip install -e ".[export]"` (onnx, onnxscript).
+
+safetensors: a new folder holding `model.safetensors` (the weights the retrieval feature uses: no optimizer,
+no identity or attribute heads, no pose branch) and `config.json` (architecture, backbone, its options, feature
+dimension, input size, normalisation, and the training run's configuration, dataset and code version). It loads
+without pickle wherever rlq takes a checkpoint: `rlq.FeatureExtractor`, `evaluate.py --checkpoint`,
+`--init-from`, `--teacher`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shutil
 import sys
 from pathlib import Path
 
+import safetensors.torch
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from rlq.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from rlq.checkpoint import (
+    EXPORTED_CONFIG,
+    EXPORTED_WEIGHTS,
+    CheckpointError,
+    exported_config,
+    exported_weights,
+    load_checkpoint,
+    model_from_checkpoint,
+)
 from rlq.files import ends_cleanly
-from rlq.options import OptionError, at_least, check_outputs_apart, output_file
+from rlq.options import OptionError, at_least, check_outputs_apart, output_file, output_folder
 
 
 class RetrievalNetwork(nn.Module):
@@ -34,9 +53,7 @@ class RetrievalNetwork(nn.Module):
         self.model, self.flip_sum = model, flip_sum
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if self.flip_sum:
-            return self.model.retrieval_features(images)
-        return F.normalize(self.model.embed(images).float(), dim=1)
+        return self.model.retrieval_features(images, self.flip_sum)
 
 
 def export(checkpoint_path: Path, out: Path, flip_sum: bool = True, opset: int = 18) -> tuple[int, int]:
@@ -57,21 +74,68 @@ def export(checkpoint_path: Path, out: Path, flip_sum: bool = True, opset: int =
     return height, width
 
 
+def export_safetensors(checkpoint_path: Path, out: Path) -> dict:
+    """Write the folder `out` (model.safetensors, config.json); returns the config.
+
+    Both files are written into a temporary folder beside `out`, which then takes its place: a killed
+    export leaves no half-written folder that would load.
+    """
+    checkpoint = load_checkpoint(checkpoint_path)
+    model = model_from_checkpoint(checkpoint, checkpoint_path)
+    config = exported_config(checkpoint, model)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    tmp.mkdir()
+    try:
+        safetensors.torch.save_file(exported_weights(model), tmp / EXPORTED_WEIGHTS, metadata={"format": "pt"})
+        (tmp / EXPORTED_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        os.replace(tmp, out)  # onto an empty folder too
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return config
+
+
+def new_folder(path: Path, option: str) -> None:
+    """`path` is a folder that does not exist yet or is empty: an export never mixes its files with others."""
+    output_folder(path, option)
+    if path.is_dir() and any(path.iterdir()):
+        raise OptionError(f"{option} '{path}' is a folder that holds files: expected a new or empty folder")
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """The options of the chosen format, and outputs apart from the input, before anything is loaded."""
+    if args.format == "safetensors" and (args.no_flip_sum or args.opset is not None):
+        raise OptionError("--no-flip-sum and --opset are ONNX options: leave them out with --format safetensors")
+    at_least(18, opset=args.opset)  # below 18, torch's version conversion fails on this network
+    check_outputs_apart({"--out": args.out}, {"--checkpoint": args.checkpoint})
+    if args.format == "safetensors":
+        new_folder(args.out, "--out")
+    else:
+        output_file(args.out, "--out")
+
+
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", type=Path, required=True, help="best.pt / last.pt, or the authors' .pth.tar")
-    parser.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
-    parser.add_argument("--no-flip-sum", action="store_true", help="the image's feature alone, without its mirror image's")
-    parser.add_argument("--opset", type=int, default=18, help="ONNX opset (18 or more: the exporter's own)")
+    parser.add_argument("--checkpoint", type=Path, required=True,
+                        help="best.pt / last.pt, the authors' .pth.tar, or an exported safetensors folder")
+    parser.add_argument("--format", choices=("onnx", "safetensors"), default="onnx",
+                        help="onnx: one .onnx file; safetensors: a folder of weights and config.json, to share")
+    parser.add_argument("--out", type=Path, required=True, help="the .onnx file, or the new folder (safetensors)")
+    parser.add_argument("--no-flip-sum", action="store_true", help="ONNX: the image's feature alone, without its mirror image's")
+    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (18 or more: the exporter's own; default 18)")
     args = parser.parse_args(argv)
     try:
-        at_least(18, opset=args.opset)  # below 18, torch's version conversion fails on this network
-        output_file(args.out, "--out")
-        check_outputs_apart({"--out": args.out}, {"--checkpoint": args.checkpoint})
-        height, width = export(args.checkpoint, args.out, flip_sum=not args.no_flip_sum, opset=args.opset)
+        check_options(args)
+        if args.format == "safetensors":
+            config = export_safetensors(args.checkpoint, args.out)
+            print(f"wrote {args.out}: {EXPORTED_WEIGHTS} ({config['arch']}, {config['backbone']}, {config['feature_dim']}-d "
+                  f"features) and {EXPORTED_CONFIG}")
+        else:
+            height, width = export(args.checkpoint, args.out, flip_sum=not args.no_flip_sum, opset=args.opset or 18)
+            print(f"wrote {args.out}: images [batch, 3, {height}, {width}] (ImageNet-normalised) -> features [batch, D] "
+                  "(L2-normalised)")
     except (CheckpointError, OptionError) as error:
         sys.exit(f"error: {error}")
-    print(f"wrote {args.out}: images [batch, 3, {height}, {width}] (ImageNet-normalised) -> features [batch, D] (L2-normalised)")
     return args.out
 
 

@@ -60,12 +60,17 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
     """Open an image file as upright 8-bit RGB (see the module docstring for each mode), or raise `ImageReadError`."""
     try:
         with Image.open(path) as img:
-            bits = stored_bit_depth(img)  # read before the transpose, whose copy loses the file's format and tags
-            return to_rgb(ImageOps.exif_transpose(img), bits)  # the transpose and conversion force the decode
+            return upright_rgb(img)  # the transpose and conversion force the decode
     except (OSError, ValueError, SyntaxError, TypeError, Image.DecompressionBombError) as err:
         # OSError includes FileNotFoundError, PIL's UnidentifiedImageError and truncated files;
         # ValueError / SyntaxError / TypeError come from broken headers and unsupported conversions.
         raise ImageReadError(path, f"{type(err).__name__}: {err}") from err
+
+
+def upright_rgb(img: Image.Image) -> Image.Image:
+    """An opened image (from a file or made in memory) as `load_image` reads it: EXIF orientation applied, then `to_rgb`."""
+    bits = stored_bit_depth(img)  # read before the transpose, whose copy loses the file's format and tags
+    return to_rgb(ImageOps.exif_transpose(img), bits)
 
 
 def to_rgb(img: Image.Image, bits: int | None = None) -> Image.Image:

@@ -39,6 +39,7 @@ __all__ = [
     "RLQModel",
     "create_trunk",
     "build_model",
+    "retrieval_state_dict",
 ]
 
 Stage = Literal["layer1", "layer2", "layer3"]
@@ -199,13 +200,20 @@ def _check_stage(name: str, value: str) -> None:
         raise ValueError(f"{name} must be layer1, layer2 or layer3, got {value!r}")
 
 
-def _flip_sum_normalise(features: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
-    """L2-normalised feature(x) + feature(horizontally flipped x) (a sum, not a mean).
+def _flip_sum_normalise(features: Callable[[Tensor], Tensor], x: Tensor, flip: bool = True) -> Tensor:
+    """L2-normalised feature(x) + feature(horizontally flipped x) (a sum, not a mean); `flip=False`: feature(x) alone.
 
     Summed and normalised in float32 so ranking does not suffer from bf16 autocast.
     """
-    summed = features(x).float() + features(torch.flip(x, dims=[3])).float()
+    summed = features(x).float()
+    if flip:
+        summed = summed + features(torch.flip(x, dims=[3])).float()
     return F.normalize(summed, dim=1)
+
+
+def retrieval_state_dict(model: CALModel | BaseModel) -> dict[str, Tensor]:
+    """The weights `retrieval_features` uses: the state dict without the model's `training_only` submodules."""
+    return {k: v for k, v in model.state_dict().items() if k.partition(".")[0] not in model.training_only}
 
 
 # ---------------------------------------------------------------------------------------
@@ -216,9 +224,13 @@ def _flip_sum_normalise(features: Callable[[Tensor], Tensor], x: Tensor) -> Tens
 class CALModel(nn.Module):
     """Vanilla CAL: trunk -> neck -> f, with an identity classifier on f."""
 
+    # Submodules that `retrieval_features` never runs: exported weights leave them out (rlq.export).
+    training_only: tuple[str, ...] = ("classifier",)
+
     def __init__(self, trunk: ResNet, num_pids: int) -> None:
         super().__init__()
         self.feature_dim = 2 * trunk.num_features
+        self.retrieval_dim = self.feature_dim
         self.backbone = _sequential(trunk, _stages_until("layer4"))
         self.neck = PoolBNNeck(trunk.num_features)
         self.classifier = _linear_head(self.feature_dim, num_pids)
@@ -231,9 +243,9 @@ class CALModel(nn.Module):
         """The feature of one view, before flip-summing and normalisation [B, feature_dim]."""
         return self.neck(self.backbone(x))
 
-    def retrieval_features(self, x: Tensor) -> Tensor:
-        """Test-time feature [B, feature_dim]; call in eval mode."""
-        return _flip_sum_normalise(self.embed, x)
+    def retrieval_features(self, x: Tensor, flip: bool = True) -> Tensor:
+        """Test-time feature [B, retrieval_dim] (flip-summed unless `flip=False`); call in eval mode."""
+        return _flip_sum_normalise(self.embed, x, flip)
 
 
 class BaseModel(nn.Module):
@@ -243,10 +255,13 @@ class BaseModel(nn.Module):
     start from identical weights. Each feature has its own identity classifier.
     """
 
+    training_only: tuple[str, ...] = ("cal_classifier", "id_classifier")
+
     def __init__(self, trunk: ResNet, num_pids: int, split_after: Stage = "layer2") -> None:
         super().__init__()
         _check_stage("split_after", split_after)
         self.feature_dim = 2 * trunk.num_features
+        self.retrieval_dim = 2 * self.feature_dim  # concat(f1, f2)
         self.shared = _sequential(trunk, _stages_until(split_after))
         self.cal_branch = _sequential(trunk, _stages_after(split_after), copy_modules=True)
         self.id_branch = _sequential(trunk, _stages_after(split_after), copy_modules=True)
@@ -270,9 +285,9 @@ class BaseModel(nn.Module):
         """concat(f1, f2) of one view, before flip-summing and normalisation [B, 2 * feature_dim]."""
         return torch.cat(self._branch_features(self.shared(x)), dim=1)
 
-    def retrieval_features(self, x: Tensor) -> Tensor:
-        """Test-time feature concat(f1, f2) [B, 2 * feature_dim]; call in eval mode."""
-        return _flip_sum_normalise(self.embed, x)
+    def retrieval_features(self, x: Tensor, flip: bool = True) -> Tensor:
+        """Test-time feature concat(f1, f2) [B, retrieval_dim] (flip-summed unless `flip=False`); call in eval mode."""
+        return _flip_sum_normalise(self.embed, x, flip)
 
 
 class RLQModel(BaseModel):
@@ -281,6 +296,9 @@ class RLQModel(BaseModel):
     The pose branch forks from `shared` after `pose_split_after` and owns copies of all
     later layers. The pose head sits on f3; the gender head on f2, f1 or concat(f1, f2).
     """
+
+    # The pose branch trains the shared layers; retrieval uses f1 and f2 alone.
+    training_only = BaseModel.training_only + ("pose_branch", "pose_neck", "pose_classifier", "gender_classifier")
 
     def __init__(
         self,

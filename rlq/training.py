@@ -399,7 +399,7 @@ def without_training_state(checkpoint: dict) -> dict:
 RESUME_APPLIED = ("lr", "weight_decay", "milestones", "gamma")
 RESUME_FREE = ("epochs", "eval_every", "eval_batch_size", "num_workers", "log_every", "mixed_precision", "compile", "augment_on",
                "check_images", "root", "external_root", "output", "resume", "overwrite", "max_steps_per_epoch", "pretrained",
-               "pretrained_weights", "init_from")
+               "pretrained_weights", "init_from", "log_with")
 
 
 def restore(checkpoint, cfg, model, clothes_classifier, optimizer, clothes_optimizer, scheduler, accelerator, source) -> None:
@@ -509,6 +509,6 @@ def write_json_atomic(path: Path, data: dict) -> None:
     write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
-def tensorboard_config(cfg) -> dict:
-    """TensorBoard hparams accept only scalars and strings."""
+def tracker_config(cfg) -> dict:
+    """The run's configuration as every tracker takes it: scalars and strings (TensorBoard's hparams accept no others)."""
     return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in plain(asdict(cfg)).items()}

@@ -77,3 +77,33 @@ def attribute_files(synthetic_root, tmp_path_factory) -> tuple[Path, Path]:
     rows = "".join(f"train,{s.key},{float(i % 16)}\n" for i, s in enumerate(train))
     pose_csv.write_text("Category,Image,R_LA_15\n" + rows)
     return synthetic_root / "target" / "gender.csv", pose_csv
+
+
+@pytest.fixture(scope="session")
+def small_checkpoint(tmp_path_factory) -> Path:
+    """A best.pt of an untrained two-branch resnet18 at 64x32, in the format training writes, made in a second.
+
+    Its weights and BatchNorm statistics are random (not ImageNet's nor a fresh initialisation's), so that every
+    image gets its own feature and a loader that mixed up two tensors would be caught.
+    """
+    import torch
+
+    from rlq.checkpoint import provenance, save_atomic
+    from rlq.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model("base", 5, "resnet18", pretrained=False, split_after="layer2")
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0.0, 0.1)
+                module.running_mean.normal_(0.0, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+    config = {"dataset": "synthetic", "backbone": "resnet18", "height": 64, "width": 32, "model": "base"}
+    checkpoint = {"model": model.state_dict(), "epoch": 1, "best": None} | provenance(
+        config, arch="base", backbone="resnet18", arch_kwargs={"split_after": "layer2"},
+        classes={"num_pids": 5, "num_clothes": 9, "num_original_clothes": 9}, dataset="synthetic", input_size=(64, 32))
+    path = tmp_path_factory.mktemp("small_checkpoint") / "best.pt"
+    save_atomic(checkpoint, path)
+    return path

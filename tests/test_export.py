@@ -50,3 +50,62 @@ def test_a_file_that_is_no_checkpoint_is_a_one_line_error(tmp_path):
     with pytest.raises(SystemExit, match="error: .*model.pt"):
         main(["--checkpoint", str(bad), "--out", str(tmp_path / "x.onnx")])
     assert not (tmp_path / "x.onnx").exists()
+
+
+# --- --format safetensors: a folder to share ---------------------------------------------------------------------
+
+
+def _export_folder(checkpoint, out) -> list[str]:
+    return ["--checkpoint", str(checkpoint), "--format", "safetensors", "--out", str(out)]
+
+
+def test_the_folder_holds_the_retrieval_weights_and_how_the_model_was_made(small_checkpoint, tmp_path):
+    import json
+
+    from safetensors.torch import load_file
+
+    from rlq.model import retrieval_state_dict
+
+    folder = main(_export_folder(small_checkpoint, tmp_path / "exported"))
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+    source = load_checkpoint(small_checkpoint)
+    model = model_from_checkpoint(source, small_checkpoint)
+    weights = load_file(folder / "model.safetensors")
+    expected = retrieval_state_dict(model)
+    assert weights.keys() == expected.keys() and all(torch.equal(weights[k], expected[k]) for k in weights)
+    assert not any("classifier" in k for k in weights)  # no heads, and no optimizer: model weights alone
+    config = json.loads((folder / "config.json").read_text())
+    assert {k: config[k] for k in ("arch", "backbone", "arch_kwargs", "input_size", "feature_dim")} == {
+        "arch": "base", "backbone": "resnet18", "arch_kwargs": {"split_after": "layer2"}, "input_size": [64, 32],
+        "feature_dim": 2 * model.feature_dim}
+    assert config["normalisation"]["mean"] == [0.485, 0.456, 0.406] and config["normalisation"]["std"] == [0.229, 0.224, 0.225]
+    assert config["provenance"] == {k: source[k] for k in ("dataset", "config", "version", "epoch", "best")}
+
+
+def test_the_folder_loads_without_its_heads_and_features_match(small_checkpoint, tmp_path):
+    folder = main(_export_folder(small_checkpoint, tmp_path / "exported"))
+    images = torch.randn(3, 3, 64, 32)
+    source = model_from_checkpoint(load_checkpoint(small_checkpoint), small_checkpoint).eval()
+    exported = model_from_checkpoint(load_checkpoint(folder), folder).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(exported.retrieval_features(images), source.retrieval_features(images), atol=0, rtol=0)
+
+
+def test_an_export_never_writes_over_files_or_its_input(small_checkpoint, tmp_path):
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit, match="error: --out '.*taken' is a folder that holds files: expected a new or empty folder"):
+        main(_export_folder(small_checkpoint, taken))
+    assert [p.name for p in taken.iterdir()] == ["notes.txt"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(_export_folder(small_checkpoint, empty)) == empty and (empty / "model.safetensors").is_file()
+    with pytest.raises(SystemExit, match="error: --out '.*empty' is --checkpoint '.*empty', an input"):
+        main(["--checkpoint", str(empty), "--format", "safetensors", "--out", str(empty)])
+    with pytest.raises(SystemExit, match="error: --out '.*' lies inside --checkpoint '.*empty', an input"):
+        main(_export_folder(empty, empty / "again"))
+    with pytest.raises(SystemExit, match="error: --no-flip-sum and --opset are ONNX options"):
+        main(_export_folder(small_checkpoint, tmp_path / "new") + ["--opset", "18"])
+    assert not (tmp_path / "new").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "taken"]  # no temporary folder left behind

@@ -54,19 +54,40 @@ def test_another_resnet_is_refused_naming_the_file():
 
 
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before `optimizer.step\\(\\)`")
-def test_training_script_starts_from_the_checkpoint(tiny_run, synthetic_root, tmp_path, monkeypatch, capsys):
-    """train_base.py --init-from: before any step, the model is the checkpoint's (here a CAL model from a base run)."""
+@pytest.mark.parametrize("given", ["last.pt", "exported folder"])
+def test_training_script_starts_from_the_checkpoint(tiny_run, synthetic_root, tmp_path, monkeypatch, capsys, given):
+    """train_base.py --init-from: before any step, the model is the checkpoint's (here a CAL model from a base run),
+    whether given as the run's last.pt or as the folder `python -m rlq.export --format safetensors` made of it."""
     import train_base
     from conftest import TINY_RUN
 
     from rlq.checkpoint import load_checkpoint
+    from rlq.export import main as export
 
+    source_path = tiny_run / "last.pt"
+    if given == "exported folder":
+        source_path = export(["--checkpoint", str(source_path), "--format", "safetensors", "--out", str(tmp_path / "exported")])
     monkeypatch.setattr(train_base, "train_one_epoch", lambda *args: ({}, args[-1]))  # no step: the weights stay as loaded
     monkeypatch.setattr(train_base, "evaluate_and_select", lambda *args, best, **kwargs: (best, False))
     config = TINY_RUN | {"epochs": 1, "model": "cal"}
-    train_base.main(train_base.Config(root=synthetic_root, output=tmp_path, init_from=tiny_run / "last.pt", **config))
-    source, started = load_checkpoint(tiny_run / "last.pt")["model"], load_checkpoint(tmp_path / "last.pt")["model"]
+    train_base.main(train_base.Config(root=synthetic_root, output=tmp_path / "run", init_from=source_path, **config))
+    source, started = load_checkpoint(tiny_run / "last.pt")["model"], load_checkpoint(tmp_path / "run" / "last.pt")["model"]
     # The vanilla CAL model's single trunk takes the shared layers and the ID branch of the base model.
     assert torch.equal(started["backbone.layer1.0.conv1.weight"], source["shared.layer1.0.conv1.weight"])
     assert torch.equal(started["backbone.layer4.1.conv2.weight"], source["id_branch.layer4.1.conv2.weight"])
-    assert f"initialised from '{tiny_run / 'last.pt'}'" in capsys.readouterr().out
+    assert f"initialised from '{source_path}'" in capsys.readouterr().out
+
+
+def test_an_exported_folder_starts_the_same_model_but_its_heads(small_checkpoint, tmp_path):
+    """--init-from an exported folder: every weight it holds is copied; the heads it leaves out start fresh."""
+    from rlq.checkpoint import load_checkpoint
+    from rlq.export import main as export
+
+    folder = export(["--checkpoint", str(small_checkpoint), "--format", "safetensors", "--out", str(tmp_path / "exported")])
+    source = load_checkpoint(small_checkpoint)["model"]
+    target = build_model("base", 5, "resnet18", pretrained=False)
+    summary = init_from_checkpoint(target, load_checkpoint(folder), folder)
+    heads = ("cal_classifier.", "id_classifier.")
+    assert all(torch.equal(value, source[key]) for key, value in target.state_dict().items() if not key.startswith(heads))
+    assert not any(torch.equal(target.state_dict()[f"{head}weight"], source[f"{head}weight"]) for head in heads)
+    assert "4 left fresh" in summary  # the weight and bias of both identity heads

@@ -16,6 +16,7 @@ from rlq.model import (
     RLQModel,
     build_model,
     create_trunk,
+    retrieval_state_dict,
 )
 
 NUM_PIDS = 7
@@ -250,6 +251,19 @@ def test_retrieval_features_match_manual_flip_sum(arch: str) -> None:
         summed = features(x) + features(x.flip(3))
         expected = summed / summed.norm(dim=1, keepdim=True)
         torch.testing.assert_close(model.retrieval_features(x), expected)
+
+
+@pytest.mark.parametrize("arch", ["cal", "base", "rlq"])
+def test_retrieval_weights_are_exactly_those_the_retrieval_feature_uses(arch: str) -> None:
+    """What an export keeps (rlq.export): every parameter the feature's gradient reaches, and no other."""
+    model = _model(arch).eval()
+    weights = retrieval_state_dict(model)
+    projection = torch.randn(model.retrieval_dim, generator=torch.Generator().manual_seed(2))
+    (model.retrieval_features(_images()) @ projection).sum().backward()
+    used = {name for name, p in model.named_parameters() if p.grad is not None}  # in the graph (timm zero-inits some)
+    assert used == {name for name, _ in model.named_parameters() if name in weights}
+    assert set(weights) - {name for name, _ in model.named_parameters()} == {  # the BatchNorm statistics of those
+        name for name, _ in model.named_buffers() if name in weights}
 
 
 def test_eval_mode_uses_running_statistics() -> None:
