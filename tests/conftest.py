@@ -88,7 +88,8 @@ def small_checkpoint(tmp_path_factory) -> Path:
     """
     import torch
 
-    from rlq.checkpoint import provenance, save_atomic
+    from rlq.checkpoint import save_atomic
+    from rlq.checkpoint_format import provenance
     from rlq.model import build_model
 
     torch.manual_seed(0)
