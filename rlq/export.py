@@ -1,9 +1,9 @@
 """Export a checkpoint's retrieval network: to ONNX (an image batch in, L2-normalised features out), or to a
 folder of safetensors weights and a config.json, to share (`--format safetensors`).
 
-    python -m rlq.export --checkpoint runs/rlq-ltcc/best.pt --out rlq_ltcc.onnx
-    python -m rlq.export --checkpoint rlq_ltcc.pth.tar --out rlq_ltcc.onnx                    # the authors' weights
-    python -m rlq.export --checkpoint runs/rlq-ltcc/best.pt --format safetensors --out rlq-ltcc
+    python -m rlq.export --checkpoint runs/rlq-ltcc/best.pt --output rlq_ltcc.onnx
+    python -m rlq.export --checkpoint rlq_ltcc.pth.tar --output rlq_ltcc.onnx                    # the authors' weights
+    python -m rlq.export --checkpoint runs/rlq-ltcc/best.pt --format safetensors --output rlq-ltcc
 
 ONNX: input `images`: float32 [batch, 3, H, W] (H x W the checkpoint's input size, 384 x 192 for the
 paper's), resized with bilinear interpolation and normalised with the ImageNet mean and std, as
@@ -21,15 +21,17 @@ without pickle wherever rlq takes a checkpoint: `rlq.FeatureExtractor`, `evaluat
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal
 
 import safetensors.torch
 import torch
+import tyro
 from torch import nn
 
 from rlq.checkpoint import (
@@ -42,7 +44,7 @@ from rlq.checkpoint import (
     model_from_checkpoint,
 )
 from rlq.files import ends_cleanly
-from rlq.options import OptionError, at_least, check_outputs_apart, output_file, output_folder
+from rlq.options import OptionError, at_least, check_outputs_apart, formerly, output_file, output_folder
 
 
 class RetrievalNetwork(nn.Module):
@@ -102,41 +104,50 @@ def new_folder(path: Path, option: str) -> None:
         raise OptionError(f"{option} '{path}' is a folder that holds files: expected a new or empty folder")
 
 
-def check_options(args: argparse.Namespace) -> None:
+@dataclass
+class Args:
+    """Export a checkpoint's retrieval network: an ONNX file, or a folder of safetensors weights and config.json to share."""
+
+    checkpoint: Path
+    """best.pt / last.pt of a run, one of the authors' .pth.tar checkpoints, or an exported safetensors folder."""
+    output: Annotated[Path, formerly("--out", "--output")]
+    """The .onnx file to write, or (--format safetensors) the new or empty folder."""
+    format: Literal["onnx", "safetensors"] = "onnx"
+    """onnx: one .onnx file; safetensors: a folder of model.safetensors and config.json, to share."""
+    flip_sum: bool = True
+    """ONNX: the feature is the sum of the image's and its mirror image's, as evaluate.py's (--no-flip-sum: the
+    image alone, half the compute)."""
+    opset: int | None = None
+    """ONNX opset (18 or more; default 18)."""
+
+
+def check_options(args: Args) -> None:
     """The options of the chosen format, and outputs apart from the input, before anything is loaded."""
-    if args.format == "safetensors" and (args.no_flip_sum or args.opset is not None):
+    if args.format == "safetensors" and (not args.flip_sum or args.opset is not None):
         raise OptionError("--no-flip-sum and --opset are ONNX options: leave them out with --format safetensors")
     at_least(18, opset=args.opset)  # below 18, torch's version conversion fails on this network
-    check_outputs_apart({"--out": args.out}, {"--checkpoint": args.checkpoint})
+    check_outputs_apart({"--output": args.output}, {"--checkpoint": args.checkpoint})
     if args.format == "safetensors":
-        new_folder(args.out, "--out")
+        new_folder(args.output, "--output")
     else:
-        output_file(args.out, "--out")
+        output_file(args.output, "--output")
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", type=Path, required=True,
-                        help="best.pt / last.pt, the authors' .pth.tar, or an exported safetensors folder")
-    parser.add_argument("--format", choices=("onnx", "safetensors"), default="onnx",
-                        help="onnx: one .onnx file; safetensors: a folder of weights and config.json, to share")
-    parser.add_argument("--out", type=Path, required=True, help="the .onnx file, or the new folder (safetensors)")
-    parser.add_argument("--no-flip-sum", action="store_true", help="ONNX: the image's feature alone, without its mirror image's")
-    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (18 or more: the exporter's own; default 18)")
-    args = parser.parse_args(argv)
+    args = tyro.cli(Args, args=argv, prog="python -m rlq.export")
     try:
         check_options(args)
         if args.format == "safetensors":
-            config = export_safetensors(args.checkpoint, args.out)
-            print(f"wrote {args.out}: {EXPORTED_WEIGHTS} ({config['arch']}, {config['backbone']}, {config['feature_dim']}-d "
+            config = export_safetensors(args.checkpoint, args.output)
+            print(f"wrote {args.output}: {EXPORTED_WEIGHTS} ({config['arch']}, {config['backbone']}, {config['feature_dim']}-d "
                   f"features) and {EXPORTED_CONFIG}")
         else:
-            height, width = export(args.checkpoint, args.out, flip_sum=not args.no_flip_sum, opset=args.opset or 18)
-            print(f"wrote {args.out}: images [batch, 3, {height}, {width}] (ImageNet-normalised) -> features [batch, D] "
+            height, width = export(args.checkpoint, args.output, flip_sum=args.flip_sum, opset=args.opset or 18)
+            print(f"wrote {args.output}: images [batch, 3, {height}, {width}] (ImageNet-normalised) -> features [batch, D] "
                   "(L2-normalised)")
     except (CheckpointError, OptionError) as error:
         sys.exit(f"error: {error}")
-    return args.out
+    return args.output
 
 
 if __name__ == "__main__":

@@ -94,7 +94,8 @@ class Args:
     """The training seeds to read."""
 
 
-def main(args: Args) -> str:
+def main(argv: list[str] | None = None) -> str:
+    args = tyro.cli(Args, args=argv, prog="python -m rlq.fidelity")
     try:
         results, tables = [], []
         for a, b, title in PAIRS:
@@ -114,4 +115,4 @@ def main(args: Args) -> str:
 
 if __name__ == "__main__":
     with ends_cleanly():
-        main(tyro.cli(Args))
+        main()

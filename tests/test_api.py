@@ -105,7 +105,7 @@ def test_without_flip_the_feature_is_the_image_s_alone(small_checkpoint, image_f
 
 @pytest.mark.filterwarnings("ignore:authors' checkpoint .* has no gender head")
 def test_an_exported_folder_gives_the_checkpoint_s_features_without_pickle(checkpoint, image_folders, tmp_path, monkeypatch):
-    folder = export_main(["--checkpoint", str(checkpoint), "--format", "safetensors", "--out", str(tmp_path / "exported")])
+    folder = export_main(["--checkpoint", str(checkpoint), "--format", "safetensors", "--output", str(tmp_path / "exported")])
     from_file = FeatureExtractor(checkpoint)
 
     def no_pickle(*args, **kwargs):
@@ -133,7 +133,7 @@ def test_an_exported_folder_gives_the_checkpoint_s_features_without_pickle(check
     ("truncated weights", "model.safetensors"),
 ])
 def test_a_damaged_exported_folder_is_one_error_naming_the_file(small_checkpoint, tmp_path, damage, named):
-    folder = export_main(["--checkpoint", str(small_checkpoint), "--format", "safetensors", "--out", str(tmp_path / "m")])
+    folder = export_main(["--checkpoint", str(small_checkpoint), "--format", "safetensors", "--output", str(tmp_path / "m")])
     config, weights = folder / "config.json", folder / "model.safetensors"
     if damage == "no config":
         config.unlink()

@@ -19,7 +19,7 @@ import pytest
 import tyro
 from conftest import REPO
 
-# What a user runs -> the file that runs as __main__. rlq.export is not here yet: it still parses with argparse.
+# What a user runs -> the file that runs as __main__.
 COMMANDS = {
     "train_base.py": "train_base.py",
     "train_cgal.py": "train_cgal.py",
@@ -32,6 +32,7 @@ COMMANDS = {
     "python -m rlq.reproduce": "rlq/reproduce.py",
     "python -m rlq.report": "rlq/report.py",
     "python -m rlq.fidelity": "rlq/fidelity.py",
+    "python -m rlq.export": "rlq/export.py",
     "python -m rlq.synthetic": "rlq/synthetic.py",
     "benchmarks/bench_data.py": "benchmarks/bench_data.py",
     "benchmarks/bench_eval.py": "benchmarks/bench_eval.py",
@@ -112,6 +113,7 @@ RENAMED = [
     ("rlq.seeds", "Args", ["seed1.json"], "--out", "--output", "output"),
     ("rlq.reproduce", "Args", ["ltcc", "--root", "data"], "--out", "--output", "output"),
     ("convert_authors_checkpoint", "Args", ["--checkpoint", "a.pth.tar"], "--out", "--output", "output"),
+    ("rlq.export", "Args", ["--checkpoint", "best.pt"], "--out", "--output", "output"),
     ("convert_authors_checkpoint", "Args", ["--output", "b.pt"], "--src", "--checkpoint", "checkpoint"),
     ("gpu_check", "Args", [], "--work", "--output", "output"),
     ("bench_data", "Args", [], "--images", "--crops", "crops"),

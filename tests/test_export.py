@@ -21,7 +21,7 @@ def _run(path, images: torch.Tensor) -> np.ndarray:
 
 @pytest.mark.parametrize("flip_sum", [True, False])
 def test_our_checkpoint_exports_the_retrieval_feature(tiny_run, tmp_path, flip_sum):
-    out = main(["--checkpoint", str(tiny_run / "best.pt"), "--out", str(tmp_path / "model.onnx")] + ([] if flip_sum else ["--no-flip-sum"]))
+    out = main(["--checkpoint", str(tiny_run / "best.pt"), "--output", str(tmp_path / "model.onnx")] + ([] if flip_sum else ["--no-flip-sum"]))
     model = model_from_checkpoint(load_checkpoint(tiny_run / "best.pt"), tiny_run / "best.pt").eval()
     for batch in (1, 5):  # the batch axis is dynamic
         images = torch.randn(batch, 3, 64, 32)
@@ -37,7 +37,7 @@ def test_our_checkpoint_exports_the_retrieval_feature(tiny_run, tmp_path, flip_s
 
 def test_the_authors_checkpoint_exports_their_feature(tmp_path):
     theirs = AuthorsModel("rlq", 18)
-    out = main(["--checkpoint", str(theirs.save(tmp_path / "rlq.pth.tar")), "--out", str(tmp_path / "theirs.onnx")])
+    out = main(["--checkpoint", str(theirs.save(tmp_path / "rlq.pth.tar")), "--output", str(tmp_path / "theirs.onnx")])
     images = torch.randn(2, 3, 384, 192)  # the authors' input size, which their files imply
     with torch.no_grad():
         expected = theirs.features(images)
@@ -48,7 +48,7 @@ def test_a_file_that_is_no_checkpoint_is_a_one_line_error(tmp_path):
     bad = tmp_path / "model.pt"
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(SystemExit, match="error: .*model.pt"):
-        main(["--checkpoint", str(bad), "--out", str(tmp_path / "x.onnx")])
+        main(["--checkpoint", str(bad), "--output", str(tmp_path / "x.onnx")])
     assert not (tmp_path / "x.onnx").exists()
 
 
@@ -56,7 +56,7 @@ def test_a_file_that_is_no_checkpoint_is_a_one_line_error(tmp_path):
 
 
 def _export_folder(checkpoint, out) -> list[str]:
-    return ["--checkpoint", str(checkpoint), "--format", "safetensors", "--out", str(out)]
+    return ["--checkpoint", str(checkpoint), "--format", "safetensors", "--output", str(out)]
 
 
 def test_the_folder_holds_the_retrieval_weights_and_how_the_model_was_made(small_checkpoint, tmp_path):
@@ -95,15 +95,15 @@ def test_an_export_never_writes_over_files_or_its_input(small_checkpoint, tmp_pa
     taken = tmp_path / "taken"
     taken.mkdir()
     (taken / "notes.txt").write_text("mine")
-    with pytest.raises(SystemExit, match="error: --out '.*taken' is a folder that holds files: expected a new or empty folder"):
+    with pytest.raises(SystemExit, match="error: --output '.*taken' is a folder that holds files: expected a new or empty folder"):
         main(_export_folder(small_checkpoint, taken))
     assert [p.name for p in taken.iterdir()] == ["notes.txt"]
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(_export_folder(small_checkpoint, empty)) == empty and (empty / "model.safetensors").is_file()
-    with pytest.raises(SystemExit, match="error: --out '.*empty' is --checkpoint '.*empty', an input"):
-        main(["--checkpoint", str(empty), "--format", "safetensors", "--out", str(empty)])
-    with pytest.raises(SystemExit, match="error: --out '.*' lies inside --checkpoint '.*empty', an input"):
+    with pytest.raises(SystemExit, match="error: --output '.*empty' is --checkpoint '.*empty', an input"):
+        main(["--checkpoint", str(empty), "--format", "safetensors", "--output", str(empty)])
+    with pytest.raises(SystemExit, match="error: --output '.*' lies inside --checkpoint '.*empty', an input"):
         main(_export_folder(empty, empty / "again"))
     with pytest.raises(SystemExit, match="error: --no-flip-sum and --opset are ONNX options"):
         main(_export_folder(small_checkpoint, tmp_path / "new") + ["--opset", "18"])

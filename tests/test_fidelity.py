@@ -45,7 +45,7 @@ def test_report_writes_every_pair(tmp_path):
     for model in {m for a, b, _ in fidelity.PAIRS for m in (a, b)}:
         for seed in (1, 2):
             _write(tmp_path, model, seed, cc_top1=0.3 + 0.01 * seed)
-    text = fidelity.main(fidelity.Args(out=tmp_path, seeds=(1, 2)))
+    text = fidelity.main([str(tmp_path), "--seeds", "1", "2"])
     written = json.loads((tmp_path / "fidelity.json").read_text())
     assert [(p["a"], p["b"]) for p in written] == [(a, b) for a, b, _ in fidelity.PAIRS]
     assert text.count("exceeds seed spread?") == len(fidelity.PAIRS)
@@ -55,7 +55,7 @@ def test_report_writes_every_pair(tmp_path):
 def test_missing_run_and_unpaired_seeds_are_clear_errors(tmp_path):
     _write(tmp_path, "rlq", 1, cc_top1=0.3)
     with pytest.raises(SystemExit, match=r"error: '.*seed1/rlq_idle.eval.json' does not exist: is the rlq_idle run of seed 1"):
-        fidelity.main(fidelity.Args(out=tmp_path, seeds=(1,)))
+        fidelity.main([str(tmp_path), "--seeds", "1"])
     (tmp_path / "seed1" / "rlq.eval.json").write_text("{not json")
     with pytest.raises(fidelity.ReportError, match=r"rlq.eval.json' is not JSON"):
         fidelity.rows_of(tmp_path, "rlq", [1])

@@ -66,7 +66,7 @@ def test_training_script_starts_from_the_checkpoint(tiny_run, synthetic_root, tm
 
     source_path = tiny_run / "last.pt"
     if given == "exported folder":
-        source_path = export(["--checkpoint", str(source_path), "--format", "safetensors", "--out", str(tmp_path / "exported")])
+        source_path = export(["--checkpoint", str(source_path), "--format", "safetensors", "--output", str(tmp_path / "exported")])
     monkeypatch.setattr(train_base, "train_one_epoch", lambda *args: ({}, args[-1]))  # no step: the weights stay as loaded
     monkeypatch.setattr(train_base, "evaluate_and_select", lambda *args, best, **kwargs: (best, False))
     config = TINY_RUN | {"epochs": 1, "model": "cal"}
@@ -83,7 +83,7 @@ def test_an_exported_folder_starts_the_same_model_but_its_heads(small_checkpoint
     from rlq.checkpoint import load_checkpoint
     from rlq.export import main as export
 
-    folder = export(["--checkpoint", str(small_checkpoint), "--format", "safetensors", "--out", str(tmp_path / "exported")])
+    folder = export(["--checkpoint", str(small_checkpoint), "--format", "safetensors", "--output", str(tmp_path / "exported")])
     source = load_checkpoint(small_checkpoint)["model"]
     target = build_model("base", 5, "resnet18", pretrained=False)
     summary = init_from_checkpoint(target, load_checkpoint(folder), folder)

@@ -206,12 +206,12 @@ def _exit_line(main, argv: list[str]) -> str:
     return str(exit_.value.code).strip()
 
 
-def test_export_refuses_a_low_opset_and_a_folder_as_out(tiny_run, tmp_path):
+def test_export_refuses_a_low_opset_and_a_folder_as_output(tiny_run, tmp_path):
     checkpoint = str(tiny_run / "last.pt")
-    assert _exit_line(export.main, ["--checkpoint", checkpoint, "--out", str(tmp_path / "m.onnx"), "--opset", "17"]) == \
+    assert _exit_line(export.main, ["--checkpoint", checkpoint, "--output", str(tmp_path / "m.onnx"), "--opset", "17"]) == \
         "error: --opset 17: expected 18 or more"
-    assert _exit_line(export.main, ["--checkpoint", checkpoint, "--out", str(tmp_path)]) == \
-        f"error: --out '{tmp_path}' is a folder: expected a file name"
+    assert _exit_line(export.main, ["--checkpoint", checkpoint, "--output", str(tmp_path)]) == \
+        f"error: --output '{tmp_path}' is a folder: expected a file name"
     assert list(tmp_path.iterdir()) == []
 
 

@@ -155,8 +155,8 @@ CASES = [
     ("preprocess_masks parsing inside output", lambda t: preprocess_masks.main(preprocess_masks.Args(
         dataset="synthetic", parsing=t / "data/parsing", output=t / "data")),
      "--parsing '{t}/data/parsing' lies inside --output '{t}/data', " + HOLDS.format(out="--output")),
-    ("export out is checkpoint", lambda t: export.main(["--checkpoint", str(t / "runs/x/best.pt"), "--out", str(t / "link/../runs/x/best.pt")]),
-     "--out '{t}/link/../runs/x/best.pt' is --checkpoint '{t}/runs/x/best.pt', an input: " + SAME.format(out="--out")),
+    ("export out is checkpoint", lambda t: export.main(["--checkpoint", str(t / "runs/x/best.pt"), "--output", str(t / "link/../runs/x/best.pt")]),
+     "--output '{t}/link/../runs/x/best.pt' is --checkpoint '{t}/runs/x/best.pt', an input: " + SAME.format(out="--output")),
     ("seeds output is a run", lambda t: seeds.main([str(t / "runs/x/m.json"), "--output", str(t / "runs/x/m")]),
      "--output '{t}/runs/x/m.json' is RUN '{t}/runs/x/m.json', an input: " + SAME.format(out="--output")),
     ("seeds output is a run folder's metrics", lambda t: seeds.main([str(t / "runs/x"), "--output", str(t / "runs/x/metrics")]),
