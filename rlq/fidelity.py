@@ -69,6 +69,21 @@ def comparison_markdown(title: str, a: str, b: str, metrics: list[dict], seeds: 
     return "\n".join(lines)
 
 
+def summary_markdown(results: list[dict]) -> str:
+    """All pairs in one table: per metric, the difference of the means (b - a) and, in brackets, the seed spread it is
+    set against; in bold where it exceeds that spread."""
+    percent = {key: p for key, _, p in COLUMNS}
+    lines = ["| comparison (b − a) | " + " | ".join(name for _, name, _ in COLUMNS) + " |", "|---|" + "---:|" * len(COLUMNS)]
+    for pair in results:
+        cells = []
+        for m in pair["metrics"]:
+            p = percent[m["metric"]]
+            cell = f"{_signed(m['b_mean'] - m['a_mean'], p)} (±{_value(max(m['a_std'], m['b_std']), p)})"
+            cells.append(f"**{cell}**" if m["exceeds_seed_spread"] else cell)
+        lines.append(f"| {pair['title']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def rows_of(out: Path, model: str, seeds: list[int]) -> list[dict]:
     """results rows (rlq.report's) of one model over the seeds."""
     rows = []
@@ -106,7 +121,7 @@ def main(argv: list[str] | None = None) -> str:
         raise SystemExit(f"error: {error}") from error
     text = ("Clothes-changing (CC) protocol on the synthetic target test set; top-1 and mAP in percent; mean ± sample "
             "std over seeds. A difference exceeds the seed spread when the two means are further apart than the larger "
-            "of the two standard deviations.\n\n" + "\n\n".join(tables))
+            "of the two standard deviations.\n\n" + summary_markdown(results) + "\n\n" + "\n\n".join(tables))
     write_text_atomic(args.out / "fidelity.json", json.dumps(results, indent=2) + "\n")
     write_text_atomic(args.out / "fidelity.md", text + "\n")
     print(text)

@@ -106,7 +106,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
         usage_error(f"{args.name}: RLQ needs --teacher (e.g. runs/reproduce/celeb/base/seed1/last.pt) and --external-root "
                     "(Celeb-reID)")
     if args.name != "celeb" and (args.gender_csv is None or args.pose_csv is None):
-        usage_error(f"{args.name}: RLQ needs --gender-csv and --pose-csv (README, 'Preparing a dataset')")
+        usage_error(f"{args.name}: RLQ needs --gender-csv and --pose-csv (docs/datasets.md)")
     if args.select_on == "val" and args.name == "ltcc" and args.val_ids == 0:
         usage_error("ltcc has no validation split: with --select-on val give --val-ids N (e.g. 10)")
     return args

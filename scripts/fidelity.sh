@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# How far the two differences from the authors' runs move results (README, "Differences from the original code"),
+# How far the two differences from the authors' runs move results (docs/differences.md),
 # measured on the embedded synthetic data with the quickstart's models and budget (scripts/quickstart.sh):
 #   - RLQ with and without --adam-steps-idle-parameters (fp32 both);
 #   - base (CAL), base + CGAL/CAP and RLQ trained and evaluated in fp32 (--mixed-precision no, the authors')

@@ -10,7 +10,7 @@
 #   OUT=runs/qs EPOCHS=12 bash scripts/quickstart.sh
 #
 # Every model is a resnet18 at 64x32. The masks feed the size buckets only: the recolouring augmentation doubles
-# every target epoch, beyond this budget (README, "Evidence", gives its effect). Stages already finished (a `.done`
+# every target epoch, beyond this budget (docs/synthetic-results.md gives its effect). Stages already finished (a `.done`
 # file beside their log) are skipped, so a killed quickstart picks up where it stopped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +20,7 @@ SEEDS=${SEEDS:-1}
 EXTERNAL_EPOCHS=${EXTERNAL_EPOCHS:-10}
 EPOCHS=${EPOCHS:-7}                  # every target model
 CAL_START=${CAL_START:-3}
-MINUTES_PER_SEED=${MINUTES_PER_SEED:-13}   # measured on 2 idle CPU cores (README, "Quickstart")
+MINUTES_PER_SEED=${MINUTES_PER_SEED:-13}   # measured on 2 idle CPU cores (README)
 source scripts/chain_common.sh
 read -ra SEED_LIST <<< "$SEEDS"
 

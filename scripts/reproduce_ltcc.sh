@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The paper's ltcc run(s), every seed, evaluated and tabled (rlq/reproduce.py has the settings; README, "Reproducing the paper").
+# The paper's ltcc run(s), every seed, evaluated and tabled (rlq/reproduce.py has the settings; docs/reproducing.md).
 #   bash scripts/reproduce_ltcc.sh --root DATA [...] [--dry-run]      # --help lists the arguments
 set -euo pipefail
 cd "$(dirname "$0")/.."

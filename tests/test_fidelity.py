@@ -71,3 +71,16 @@ def test_one_seed_has_no_spread_to_exceed(tmp_path):
     assert all(m["exceeds_seed_spread"] is None for m in metrics)
     table = fidelity.comparison_markdown("t", "base", "base_bf16", metrics, 1)
     assert "(1 seed;" in table and "| CC top-1 | 30.0 ± 0.0 | 50.0 ± 0.0 | +20.0 ± 0.0 | n/a (one seed) |" in table
+
+
+def test_summary_has_one_row_per_pair_with_the_difference_and_its_spread(tmp_path):
+    for model in {m for a, b, _ in fidelity.PAIRS for m in (a, b)}:
+        for seed, top1 in zip((1, 2, 3), (0.30, 0.34, 0.32)):
+            _write(tmp_path, model, seed, cc_top1=top1 + (0.10 if model == "rlq_idle" else 0.0))
+    fidelity.main([str(tmp_path), "--seeds", "1", "2", "3"])
+    summary = fidelity.summary_markdown(json.loads((tmp_path / "fidelity.json").read_text()))
+    rows = summary.splitlines()[2:]
+    assert len(rows) == len(fidelity.PAIRS)
+    # rlq_idle is 10 points above rlq in every seed, the spread 2.0: bold; the other pairs are equal
+    assert rows[0].split(" | ")[1] == "**+10.0 (±2.0)**"
+    assert rows[1].split(" | ")[1] == "+0.0 (±2.0)"

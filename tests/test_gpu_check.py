@@ -1,7 +1,7 @@
 """scripts/gpu_check.sh: its CPU form runs every check and reports each; it installs what is missing from local wheels only.
 
 The GPU form runs the same code at the paper's sizes: what the CPU form cannot show (speed, GPU memory) is what the
-check is for, and README "Speed" holds what a GPU printed.
+check is for, and README "Speed" holds what a GPU printed (docs/speed.md the details).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Learning, not just running: a reduced base-model run on the synthetic data must learn identity across clothes.
 
 One run of train_base.py (resnet18 from random init, 64x32, 8 epochs, CAL from epoch 3, seed 1) on the
-session's synthetic dataset. The thresholds sit well inside what README's "Evidence" section measured for
+session's synthetic dataset. The thresholds sit well inside what docs/synthetic-results.md measured for
 this configuration over several seeds, so a change that breaks learning (a loss, the sampler, the labels,
 the transforms, the evaluator) fails here, while seed noise does not.
 """
@@ -16,7 +16,7 @@ import pytest
 from rlq.data import load_dataset
 from rlq.diagnostics import chance_top1
 
-# Measured for LEARNING_RUN with seeds 1, 2, 3 (README, "Evidence"): CC top-1 0.096 / 0.096 / 0.068 (chance 0.034),
+# Measured for LEARNING_RUN with seeds 1, 2, 3 (docs/synthetic-results.md): CC top-1 0.096 / 0.096 / 0.068 (chance 0.034),
 # CC mAP 0.123 / 0.115 / 0.133 (a random ranking: 0.047 +- 0.003 over 20 draws), standard top-1 0.62 / 0.62 / 0.59,
 # same-clothes top-1 0.60 / 0.60 / 0.59; the clothes discriminator's accuracy within an identity rose from
 # 0.51 to 0.92 over the five CAL epochs. The thresholds leave a wide margin below these.
