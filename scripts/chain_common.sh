@@ -57,3 +57,11 @@ train_target() {  # train_target RUN SEED MODEL DESCRIPTION SCRIPT [OPTION...]: 
 rlq_options() {  # rlq_options RUN: what train_rlq.py adds to train_cgal.py's options (its teacher, the external data)
   RLQ=(--teacher "$1/external/last.pt" --external-dataset synthetic-external --external-root "$ROOT")
 }
+
+begin_seed() {  # begin_seed SEED: RUN=$OUT/seed<SEED>, its external-part model and RLQ's options for it
+  RUN=$OUT/seed$1
+  mkdir -p "$RUN"
+  echo "seed $1:"
+  train_external "$RUN" "$1" "$EXTERNAL_EPOCHS"
+  rlq_options "$RUN"
+}

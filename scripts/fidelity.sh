@@ -23,11 +23,7 @@ echo "rlq fidelity: ${#SEED_LIST[@]} seed(s) ($SEEDS), about $((20 * ${#SEED_LIS
 prepare_data
 
 for seed in "${SEED_LIST[@]}"; do
-  RUN=$OUT/seed$seed
-  mkdir -p "$RUN"
-  echo "seed $seed:"
-  train_external "$RUN" "$seed" "$EXTERNAL_EPOCHS"
-  rlq_options "$RUN"
+  begin_seed "$seed"
   for precision in no bf16; do
     suffix=$([[ $precision == no ]] && echo "" || echo "_bf16")
     name=$([[ $precision == no ]] && echo "fp32" || echo "bf16 autocast")

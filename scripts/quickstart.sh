@@ -28,11 +28,7 @@ echo "rlq quickstart: ${#SEED_LIST[@]} seed(s) ($SEEDS), about $((MINUTES_PER_SE
 prepare_data
 
 for seed in "${SEED_LIST[@]}"; do
-  RUN=$OUT/seed$seed
-  mkdir -p "$RUN"
-  echo "seed $seed:"
-  train_external "$RUN" "$seed" "$EXTERNAL_EPOCHS"
-  rlq_options "$RUN"
+  begin_seed "$seed"
   train_target "$RUN" "$seed" base_no_cal "base, CAL never started ($EPOCHS epochs)" train_base.py --cal-start-epoch "$EPOCHS"
   train_target "$RUN" "$seed" base "base, CAL from epoch $CAL_START" train_base.py --cal-start-epoch "$CAL_START"
   train_target "$RUN" "$seed" cgal "base + CGAL/CAP (gender + pose heads)" train_cgal.py "${ATTRIBUTES[@]}" \
