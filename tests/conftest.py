@@ -108,3 +108,79 @@ def small_checkpoint(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("small_checkpoint") / "best.pt"
     save_atomic(checkpoint, path)
     return path
+
+
+# The tests the fast subset (python -m pytest -q -m "not slow") leaves out, and why. Each takes 4 s or more on 2 cores
+# (measured with --durations): a training run or several processes of its own beyond the shared tiny runs above. The
+# fast subset keeps at least one test of every module and script (the tiny base, CGAL and RLQ runs, evaluate.py,
+# export, the API, trackers, pre-processing, every CLI's --help), so an edit's wiring is still exercised.
+OWN_RUN = "its own training run, beyond the shared tiny runs"
+SLOW = {
+    "test_gpu_check.py::test_the_cpu_form_runs_every_check_and_reports_each": "the GPU check's tiny CPU form: every script and benchmark",
+    **{f"test_learning.py::{name}": "the learning guard: an 8-epoch run that must learn identity" for name in (
+        "test_identity_is_found_across_clothes_far_above_chance", "test_training_losses_fall_and_the_discriminator_learns_outfits")},
+    **{f"test_diagnostics.py::{name}": "evaluate.py with every diagnostic on the tiny run" for name in (
+        "test_evaluate_writes_both_diagnostics", "test_evaluate_leakage_of_f1_is_that_of_the_saved_features",
+        "test_training_evaluations_record_the_leakage")},
+    "test_diagnostics.py::test_chance_top1_equals_the_mean_top1_of_random_rankings": "thousands of random rankings",
+    "test_benchmarks.py::test_fp32_fast_path_gives_the_reference_losses": "bench_train's step of every stage against the reference",
+    "test_benchmarks.py::test_bf16_fast_path_matches_fp32_within_bf16_tolerance": "bench_train's step of every stage in bf16",
+    "test_benchmarks.py::test_bench_rerank_runs_both_paths_in_their_own_processes_and_they_agree": "a process per measurement",
+    "test_evaluate.py::test_two_processes_give_the_same_numbers_and_every_feature": "two processes",
+    "test_evaluate.py::test_single_shot_gallery_protocol_through_evaluate": "ten gallery draws through evaluate.py",
+    "test_evaluate.py::test_rerank_prints_beside_the_plain_metrics_what_rlq_rerank_gives": "evaluate.py --rerank in a process of its own",
+    "test_train_base.py::test_two_process_training_matches_its_checkpoint": "two processes",
+    "test_losses.py::test_triplet_distributed_gathers_gallery_local_gradients": "two processes",
+    "test_train_base.py::test_compiled_training_writes_a_plain_checkpoint": "torch.compile",
+    "test_train_base.py::test_resume_continues_exactly": "a run, killed and resumed, against a straight one",
+    "test_train_rlq.py::test_resume_after_a_tad_phase_continues_with_that_epochs_cap_phase": "a run, killed and resumed, against a straight one",
+    "test_run_guards.py::test_a_signal_ends_a_training_run_with_one_line_saying_how_to_resume": "a run per signal, interrupted and resumed",
+    "test_run_guards.py::test_the_lock_lives_as_long_as_the_run_and_dies_with_it": "two runs at once, one killed",
+    "test_lowquality.py::test_degraded_evaluation_is_deterministic_and_differs_from_clean": "evaluate.py twice under every degradation",
+    "test_export.py::test_our_checkpoint_exports_the_retrieval_feature": "an ONNX export and onnxruntime",
+    "test_export.py::test_the_authors_checkpoint_exports_their_feature": "an ONNX export and onnxruntime",
+    "test_recolour.py::test_training_with_masks_widens_the_clothes_classifier": OWN_RUN,
+    "test_options.py::test_evaluate_checks_the_evaluated_images_first": "evaluate.py in a process of its own",
+    "test_trackers.py::test_each_training_script_says_which_package_a_tracker_needs": "each training script in a process of its own",
+    "test_outputs_apart.py::test_a_clash_is_one_error_line_from_the_command_line":
+        "a script per case in a process of its own (the same clashes are checked in-process)",
+    "test_attributes.py::test_reference_prcc_files_match_prcc_keys": "PRCC's 25,000 image files laid out from the reference CSV",
+    "test_gpu_check.py::test_a_failing_check_does_not_stop_the_others_and_the_status_says_so": "several check processes",
+    "test_hardening.py::test_gender_csv_in_utf16_names_the_file_and_the_encoding": "train_cgal.py in a process of its own",
+    **{f"test_hardening.py::{name}": OWN_RUN for name in (
+        "test_a_failing_evaluation_loses_no_training_and_a_resume_evaluates_that_epoch",
+        "test_a_new_run_does_not_overwrite_another_runs_checkpoints",
+        "test_a_random_file_as_checkpoint_or_teacher",
+        "test_a_training_run_clears_the_temporaries_of_a_killed_one",
+        "test_checkpoint_that_gives_nan_features",
+        "test_diverged_weights_are_never_written",
+        "test_incomplete_masks_are_found_before_training",
+        "test_resume_applies_a_new_learning_rate_schedule_and_records_it",
+        "test_resume_from_a_best_pt",
+        "test_resume_refuses_options_the_checkpoint_contradicts",
+        "test_training_stops_before_training_on_unreadable_images",
+    )},
+    **{f"test_run_guards.py::{name}": OWN_RUN for name in (
+        "test_a_full_disk_while_writing_a_checkpoint_is_one_line_and_keeps_the_previous_one",
+        "test_a_training_set_of_one_identity_is_refused_at_start",
+        "test_evaluate_names_the_protocol_without_a_valid_query_and_reports_the_others",
+        "test_no_protocol_with_a_valid_query_is_one_error_line",
+        "test_resume_refuses_another_architecture_naming_the_script_that_wrote_it",
+        "test_training_keeps_going_and_resumes_when_the_headline_protocol_has_no_valid_query",
+    )},
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m and -k deselect anything
+def pytest_collection_modifyitems(config, items):
+    """Mark the SLOW tests; when every test file was collected, a SLOW entry that names no test is an error (a renamed
+    test would otherwise slip into the fast subset unnoticed)."""
+    found = set()
+    for item in items:
+        name = item.nodeid.split("[")[0].removeprefix("tests/")
+        if name in SLOW:
+            item.add_marker(pytest.mark.slow)
+            found.add(name)
+    every_file = {p.name for p in Path(__file__).parent.glob("test_*.py")}
+    if every_file <= {item.path.name for item in items} and set(SLOW) - found:
+        raise pytest.UsageError(f"tests/conftest.py SLOW names tests that do not exist: {sorted(set(SLOW) - found)}")

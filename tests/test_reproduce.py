@@ -24,7 +24,14 @@ def dry_run(name: str, *args: str, output=None) -> list[list[str]]:
     result = subprocess.run(["bash", str(REPO / "scripts" / f"reproduce_{name}.sh"), "--root", f"/data/{name}", *args, *extra,
                              "--dry-run"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    return [shlex.split(line) for line in result.stdout.splitlines() if line.strip()]
+    return [as_accelerate_launch(shlex.split(line)) for line in result.stdout.splitlines() if line.strip()]
+
+
+def as_accelerate_launch(command: list[str]) -> list[str]:
+    """`python -m accelerate.commands.launch ...` (printed where no `accelerate` is on PATH) as `accelerate launch ...`."""
+    if command[1:3] == ["-m", "accelerate.commands.launch"]:
+        return ["accelerate", "launch", *command[3:]]
+    return command
 
 
 def option(command: list[str], name: str) -> str:
