@@ -16,7 +16,7 @@ from pathlib import Path
 import tyro
 
 from rlq.files import ends_cleanly, write_text_atomic
-from rlq.report import COLUMNS, ReportError, mean_std, row_from_evaluation
+from rlq.report import COLUMNS, ReportError, cell, mean_std, row_from_evaluation
 
 # (model as trained by ours, the same model with the one setting changed, what the pair compares)
 PAIRS = (
@@ -45,10 +45,6 @@ def compare(rows_a: list[dict], rows_b: list[dict]) -> list[dict]:
     return metrics
 
 
-def _value(value: float, percent: bool) -> str:
-    return f"{100 * value:.1f}" if percent else f"{value:.3f}"
-
-
 def _signed(value: float, percent: bool) -> str:
     return f"{100 * value:+.1f}" if percent else f"{value:+.3f}"
 
@@ -62,9 +58,9 @@ def comparison_markdown(title: str, a: str, b: str, metrics: list[dict], seeds: 
              f"| metric | {a} | {b} | {b} − {a}, per seed | exceeds seed spread? |", "|---|---:|---:|---:|---|"]
     for m in metrics:
         p = percent[m["metric"]]
-        lines.append(f"| {names[m['metric']]} | {_value(m['a_mean'], p)} ± {_value(m['a_std'], p)} "
-                     f"| {_value(m['b_mean'], p)} ± {_value(m['b_std'], p)} "
-                     f"| {_signed(m['diff_mean'], p)} ± {_value(m['diff_std'], p)} "
+        lines.append(f"| {names[m['metric']]} | {cell(m['a_mean'], p)} ± {cell(m['a_std'], p)} "
+                     f"| {cell(m['b_mean'], p)} ± {cell(m['b_std'], p)} "
+                     f"| {_signed(m['diff_mean'], p)} ± {cell(m['diff_std'], p)} "
                      f"| {verdicts[m['exceeds_seed_spread']]} |")
     return "\n".join(lines)
 
@@ -78,8 +74,8 @@ def summary_markdown(results: list[dict]) -> str:
         cells = []
         for m in pair["metrics"]:
             p = percent[m["metric"]]
-            cell = f"{_signed(m['b_mean'] - m['a_mean'], p)} (±{_value(max(m['a_std'], m['b_std']), p)})"
-            cells.append(f"**{cell}**" if m["exceeds_seed_spread"] else cell)
+            text = f"{_signed(m['b_mean'] - m['a_mean'], p)} (±{cell(max(m['a_std'], m['b_std']), p)})"
+            cells.append(f"**{text}**" if m["exceeds_seed_spread"] else text)
         lines.append(f"| {pair['title']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -64,13 +64,14 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def _cell(value: float, percent: bool) -> str:
+def cell(value: float, percent: bool) -> str:
+    """A table cell: a fraction in percent with one decimal, or a score with three."""
     return f"{100 * value:.1f}" if percent else f"{value:.3f}"
 
 
 def _cell_mean_std(values: list[float], percent: bool) -> str:
     mean, std = mean_std(values)
-    return f"{_cell(mean, percent)} ± {_cell(std, percent)}"
+    return f"{cell(mean, percent)} ± {cell(std, percent)}"
 
 
 def results_markdown(rows: list[dict]) -> str:
@@ -80,7 +81,7 @@ def results_markdown(rows: list[dict]) -> str:
     models = [m for m in MODELS if any(r["model"] == m for r in rows)]
     for model in models:
         for r in (r for r in rows if r["model"] == model):
-            lines.append(f"| {LABELS[model]} | {r['seed']} | " + " | ".join(_cell(r[k], p) for k, _, p in COLUMNS) + " |")
+            lines.append(f"| {LABELS[model]} | {r['seed']} | " + " | ".join(cell(r[k], p) for k, _, p in COLUMNS) + " |")
     seeds = sorted({r["seed"] for r in rows})
     if len(seeds) > 1:
         for model in models:
@@ -100,8 +101,8 @@ def attribute_markdown(accuracies: list[dict], chance: dict[str, float]) -> str:
     heads = ("gender", "pose")
     lines = ["| model | seed | " + " | ".join(f"{h} head train accuracy" for h in heads) + " |", "|---|---:|---:|---:|"]
     for a in accuracies:
-        lines.append(f"| {LABELS[a['model']]} | {a['seed']} | " + " | ".join(_cell(a[h], True) for h in heads) + " |")
-    lines.append("| chance (most frequent label) | | " + " | ".join(_cell(chance[h], True) for h in heads) + " |")
+        lines.append(f"| {LABELS[a['model']]} | {a['seed']} | " + " | ".join(cell(a[h], True) for h in heads) + " |")
+    lines.append("| chance (most frequent label) | | " + " | ".join(cell(chance[h], True) for h in heads) + " |")
     return "\n".join(lines)
 
 
