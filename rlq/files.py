@@ -13,6 +13,7 @@ import re
 import shutil
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -105,6 +106,25 @@ def ends_cleanly(where: Callable[[], str | None] = lambda: "interrupted: run the
 
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM until the block ends, then stop as they would have: a group of writes that must agree
+    (last.pt, metrics.json and what the stop line says last.pt holds) is never cut between its parts."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread receives signals
+        yield
+        return
+    received: list[int] = []
+    handlers = {signum: signal.signal(signum, lambda signum, frame: received.append(signum))
+                for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)  # None: a handler set outside Python
+    if received:
+        raise KeyboardInterrupt
 
 
 def _close_progress_bars() -> str:

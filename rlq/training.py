@@ -34,7 +34,7 @@ from rlq.checkpoint_format import plain, provenance
 from rlq.data import DatasetLayoutError, ReIDDataset, unreadable_images, unreadable_report
 from rlq.diagnostics import diagnostics_text, evaluations_clothes_leakage
 from rlq.evaluation import evaluate_model, headline_key, results_table
-from rlq.files import remove_stale_temporaries, write_text_atomic
+from rlq.files import remove_stale_temporaries, signals_deferred, write_text_atomic
 from rlq.masks import mask_path
 from rlq.model import build_model
 from rlq.options import output_folder
@@ -377,8 +377,10 @@ def save_run(cfg, accelerator: Accelerator, improved: bool = False, extra: dict 
     `checkpoint_fields` go to `training_checkpoint`; `extra` entries are added to the checkpoint.
     """
     rng = rng_states_of_all_processes()  # so that a resume restores each rank's own
-    if accelerator.is_main_process:
-        checkpoint = training_checkpoint(cfg, accelerator, rng=rng, **checkpoint_fields) | (extra or {})
+    if not accelerator.is_main_process:
+        return
+    checkpoint = training_checkpoint(cfg, accelerator, rng=rng, **checkpoint_fields) | (extra or {})
+    with signals_deferred():  # a stop between the writes would leave the stop line naming the epoch before
         if improved:
             save_atomic(without_training_state(checkpoint), cfg.output / "best.pt")
         save_atomic(checkpoint, cfg.output / "last.pt")

@@ -162,6 +162,7 @@ SLOW = {
     )},
     **{f"test_run_guards.py::{name}": OWN_RUN for name in (
         "test_a_full_disk_while_writing_a_checkpoint_is_one_line_and_keeps_the_previous_one",
+        "test_a_signal_while_a_checkpoint_is_written_stops_after_the_writes_and_names_what_they_hold",
         "test_a_training_set_of_one_identity_is_refused_at_start",
         "test_evaluate_names_the_protocol_without_a_valid_query_and_reports_the_others",
         "test_no_protocol_with_a_valid_query_is_one_error_line",

@@ -201,6 +201,32 @@ def test_a_signal_ends_a_training_run_with_one_line_saying_how_to_resume(how, sy
     assert load_checkpoint(output / "last.pt")["epoch"] == epochs + 1
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_a_checkpoint_is_written_stops_after_the_writes_and_names_what_they_hold(signum, synthetic_root,
+                                                                                               tmp_path, monkeypatch, capsys):
+    from train_base import Config, main
+
+    import rlq.training
+    from rlq.files import ends_cleanly
+
+    write_json = rlq.training.write_json_atomic
+    reached = []
+
+    def signalled_between_last_pt_and_metrics(path, value):  # the moment CI once caught: last.pt renamed, the rest not
+        os.kill(os.getpid(), signum)
+        reached.append(path.name)  # still running: the signal waits for the writes
+        write_json(path, value)
+
+    monkeypatch.setattr(rlq.training, "write_json_atomic", signalled_between_last_pt_and_metrics)
+    with pytest.raises(SystemExit) as stop, ends_cleanly(rlq.training.stopped_message):
+        main(Config(root=synthetic_root, output=tmp_path, **(TINY_RUN | {"epochs": 1})))
+    assert stop.value.code == 130 and reached == ["metrics.json"] and json.loads((tmp_path / "metrics.json").read_text())
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (f"stopped: interrupted in {rlq.training.RUN.place()}; "
+                                                        f"{tmp_path / 'last.pt'} holds epoch 0: continue with --resume {tmp_path}")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers are given back
+
+
 def test_a_full_disk_while_writing_a_checkpoint_is_one_line_and_keeps_the_previous_one(synthetic_root, tmp_path):
     from train_base import Config, main
 
