@@ -2,18 +2,74 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import runpy
+import signal
 import subprocess
 import sys
+import traceback
+import warnings
 from pathlib import Path
 
 import pytest
+import torch
 
 from rlq.synthetic import generate
+
+# Under pytest-xdist (-n N) the workers share the cores: each takes its share of threads, and so do the processes its
+# tests start, or their thread pools fight over the cores (a 2-core run took 40 CPU-minutes instead of 15).
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    THREADS = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ["OMP_NUM_THREADS"] = str(THREADS)
+    torch.set_num_threads(THREADS)
 
 REPO = Path(__file__).resolve().parents[1]
 # The training and evaluation scripts live at the repository root, outside the rlq package.
 sys.path.insert(0, str(REPO))
+
+
+def run_here(*command: str) -> subprocess.CompletedProcess:
+    """`python *command` (a repository script or `-m module`, run from the repository root) in this test process.
+
+    The script runs as `__main__` with `sys.argv` set, through its own argument parsing and `ends_cleanly`, so its exit
+    status and stderr are those a shell gets: `sys.exit("error: ...")` ends stderr with that line and gives 1, an
+    uncaught exception prints its traceback and gives 1, warnings print as Python prints them by default. It saves the
+    3 s of importing torch and timm that a fresh process pays; a test about processes themselves (signals, locks,
+    several ranks, workers) uses `subprocess` instead.
+    """
+    stdout, stderr = io.StringIO(), io.StringIO()
+    if command[0] == "-m":
+        argv, start = [command[1], *command[2:]], lambda: runpy.run_module(command[1], run_name="__main__", alter_sys=True)
+    else:
+        script = str(REPO / command[0])
+        argv, start = [script, *command[1:]], lambda: runpy.run_path(script, run_name="__main__")
+    saved_argv, saved_cwd, saved_sigterm = sys.argv, os.getcwd(), signal.getsignal(signal.SIGTERM)
+    returncode = 0
+    with warnings.catch_warnings(), contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        warnings.resetwarnings()  # Python's own defaults, not pytest's capture
+        for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+            warnings.simplefilter("ignore", category)
+        warnings.filterwarnings("ignore", "'.*' found in sys.modules after import of package", RuntimeWarning)  # runpy, here only
+        warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: sys.stderr.write(
+            warnings.formatwarning(message, category, filename, lineno, line))
+        sys.argv = argv
+        os.chdir(REPO)
+        try:
+            start()
+        except SystemExit as stop:
+            if isinstance(stop.code, str):
+                print(stop.code, file=sys.stderr)
+            returncode = stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 1
+        except Exception:  # noqa: BLE001 - what the interpreter does with an uncaught exception
+            traceback.print_exc()
+            returncode = 1
+        finally:
+            sys.argv = saved_argv
+            os.chdir(saved_cwd)
+            signal.signal(signal.SIGTERM, saved_sigterm)
+    return subprocess.CompletedProcess(["python", *command], returncode, stdout.getvalue(), stderr.getvalue())
 
 
 def launch_two_cpu_processes(script: str, *args: str) -> subprocess.CompletedProcess:
@@ -110,7 +166,7 @@ def small_checkpoint(tmp_path_factory) -> Path:
     return path
 
 
-# The tests the fast subset (python -m pytest -q -m "not slow") leaves out, and why. Each takes 4 s or more on 2 cores
+# The tests the fast subset (python -m pytest -q -n 2 -m "not slow") leaves out, and why. Each takes 4 s or more on 2 cores
 # (measured with --durations): a training run or several processes of its own beyond the shared tiny runs above. The
 # fast subset keeps at least one test of every module and script (the tiny base, CGAL and RLQ runs, evaluate.py,
 # export, the API, trackers, pre-processing, every CLI's --help), so an edit's wiring is still exercised.
@@ -128,54 +184,44 @@ SLOW = {
     "test_benchmarks.py::test_bench_rerank_runs_both_paths_in_their_own_processes_and_they_agree": "a process per measurement",
     "test_evaluate.py::test_two_processes_give_the_same_numbers_and_every_feature": "two processes",
     "test_evaluate.py::test_single_shot_gallery_protocol_through_evaluate": "ten gallery draws through evaluate.py",
-    "test_evaluate.py::test_rerank_prints_beside_the_plain_metrics_what_rlq_rerank_gives": "evaluate.py --rerank in a process of its own",
     "test_train_base.py::test_two_process_training_matches_its_checkpoint": "two processes",
     "test_losses.py::test_triplet_distributed_gathers_gallery_local_gradients": "two processes",
     "test_train_base.py::test_compiled_training_writes_a_plain_checkpoint": "torch.compile",
     "test_train_base.py::test_resume_continues_exactly": "a run, killed and resumed, against a straight one",
     "test_train_rlq.py::test_resume_after_a_tad_phase_continues_with_that_epochs_cap_phase": "a run, killed and resumed, against a straight one",
-    "test_run_guards.py::test_a_signal_ends_a_training_run_with_one_line_saying_how_to_resume": "a run per signal, interrupted and resumed",
+    "test_run_guards.py::test_a_signal_ends_a_training_run_with_one_line_saying_how_to_resume": "a run stopped by each signal, resumed",
     "test_run_guards.py::test_the_lock_lives_as_long_as_the_run_and_dies_with_it": "two runs at once, one killed",
     "test_lowquality.py::test_degraded_evaluation_is_deterministic_and_differs_from_clean": "evaluate.py twice under every degradation",
     "test_export.py::test_our_checkpoint_exports_the_retrieval_feature": "an ONNX export and onnxruntime",
     "test_export.py::test_the_authors_checkpoint_exports_their_feature": "an ONNX export and onnxruntime",
     "test_recolour.py::test_training_with_masks_widens_the_clothes_classifier": OWN_RUN,
-    "test_options.py::test_evaluate_checks_the_evaluated_images_first": "evaluate.py in a process of its own",
-    "test_trackers.py::test_each_training_script_says_which_package_a_tracker_needs": "each training script in a process of its own",
-    "test_outputs_apart.py::test_a_clash_is_one_error_line_from_the_command_line":
-        "a script per case in a process of its own (the same clashes are checked in-process)",
     "test_attributes.py::test_reference_prcc_files_match_prcc_keys": "PRCC's 25,000 image files laid out from the reference CSV",
     "test_gpu_check.py::test_a_failing_check_does_not_stop_the_others_and_the_status_says_so": "several check processes",
-    "test_hardening.py::test_gender_csv_in_utf16_names_the_file_and_the_encoding": "train_cgal.py in a process of its own",
     **{f"test_hardening.py::{name}": OWN_RUN for name in (
         "test_a_failing_evaluation_loses_no_training_and_a_resume_evaluates_that_epoch",
         "test_a_new_run_does_not_overwrite_another_runs_checkpoints",
-        "test_a_random_file_as_checkpoint_or_teacher",
         "test_a_training_run_clears_the_temporaries_of_a_killed_one",
-        "test_checkpoint_that_gives_nan_features",
         "test_diverged_weights_are_never_written",
-        "test_incomplete_masks_are_found_before_training",
         "test_resume_applies_a_new_learning_rate_schedule_and_records_it",
-        "test_resume_from_a_best_pt",
-        "test_resume_refuses_options_the_checkpoint_contradicts",
-        "test_training_stops_before_training_on_unreadable_images",
     )},
     **{f"test_run_guards.py::{name}": OWN_RUN for name in (
         "test_a_full_disk_while_writing_a_checkpoint_is_one_line_and_keeps_the_previous_one",
-        "test_a_signal_while_a_checkpoint_is_written_stops_after_the_writes_and_names_what_they_hold",
-        "test_a_training_set_of_one_identity_is_refused_at_start",
-        "test_evaluate_names_the_protocol_without_a_valid_query_and_reports_the_others",
-        "test_no_protocol_with_a_valid_query_is_one_error_line",
-        "test_resume_refuses_another_architecture_naming_the_script_that_wrote_it",
         "test_training_keeps_going_and_resumes_when_the_headline_protocol_has_no_valid_query",
     )},
 }
 
 
+# The files that take longest (measured with --durations under -n 2), run first: pytest-xdist hands each worker whole
+# files in collection order (--dist loadfile), and a long file handed out last would leave the other worker idle.
+LONGEST_FILES = ("test_gpu_check.py", "test_learning.py", "test_train_base.py", "test_run_guards.py", "test_train_rlq.py",
+                 "test_hardening.py", "test_diagnostics.py", "test_evaluate.py", "test_lowquality.py")
+
+
 @pytest.hookimpl(tryfirst=True)  # before -m and -k deselect anything
 def pytest_collection_modifyitems(config, items):
     """Mark the SLOW tests; when every test file was collected, a SLOW entry that names no test is an error (a renamed
-    test would otherwise slip into the fast subset unnoticed)."""
+    test would otherwise slip into the fast subset unnoticed). The longest files go first."""
+    items.sort(key=lambda item: LONGEST_FILES.index(item.path.name) if item.path.name in LONGEST_FILES else len(LONGEST_FILES))
     found = set()
     for item in items:
         name = item.nodeid.split("[")[0].removeprefix("tests/")

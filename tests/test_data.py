@@ -2,11 +2,12 @@
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from conftest import run_here
 
 from rlq.data import DatasetLayoutError, load_dataset, summary
 
@@ -303,7 +304,7 @@ def test_summary_counts(ltcc_root):
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rlq.data", *args], capture_output=True, text=True)
+    return run_here("-m", "rlq.data", *args)
 
 
 def test_cli_json_and_table(prcc_root, tmp_path):

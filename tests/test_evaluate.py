@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from accelerate import Accelerator
-from conftest import REPO, launch_two_cpu_processes
+from conftest import launch_two_cpu_processes, run_here
 
 import evaluate
 from evaluate import Args
@@ -82,8 +80,7 @@ def test_checkpoint_with_another_class_count_lists_the_shapes(edited_checkpoint,
 def test_truncated_checkpoint_is_a_clear_error_naming_the_file(tiny_run, tmp_path):
     path = tmp_path / "truncated.pt"
     path.write_bytes((tiny_run / "best.pt").read_bytes()[:100_000])
-    result = subprocess.run([sys.executable, str(REPO / "evaluate.py"), "--checkpoint", str(path)],
-                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = run_here("evaluate.py", "--checkpoint", str(path))
     assert result.returncode != 0
     assert f"error: cannot read checkpoint '{path}'" in result.stderr and "truncated" in result.stderr
     assert "Traceback" not in result.stderr

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, TINY_RUN
+from conftest import TINY_RUN, run_here
 
 from rlq.attributes import AttributeFileError, read_gender_csv
 from rlq.checkpoint import load_checkpoint
@@ -20,11 +20,6 @@ from rlq.files import remove_stale_temporaries
 
 TINY_FLAGS = ["--no-pretrained", "--backbone", "resnet18", "--height", "64", "--width", "32", "--batch-size", "16",
               "--epochs", "1", "--max-steps-per-epoch", "1", "--num-workers", "0", "--eval-batch-size", "64"]
-
-
-def run(*command: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *command], cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env=os.environ | {"OMP_NUM_THREADS": "1"})
 
 
 def one_error_line(result: subprocess.CompletedProcess, *fragments: str) -> str:
@@ -59,7 +54,7 @@ def broken_ltcc(synthetic_root, tmp_path_factory) -> tuple[Path, list[Path]]:
 
 def test_check_images_lists_every_unreadable_image(broken_ltcc):
     root, broken = broken_ltcc
-    result = run("-m", "rlq.data", "--dataset", "ltcc", "--root", str(root), "--check-images")
+    result = run_here("-m", "rlq.data", "--dataset", "ltcc", "--root", str(root), "--check-images")
     assert result.returncode == 1
     assert "2 unreadable image(s)" in result.stderr
     for path in broken:
@@ -68,7 +63,7 @@ def test_check_images_lists_every_unreadable_image(broken_ltcc):
 
 def test_training_stops_before_training_on_unreadable_images(broken_ltcc, tmp_path):
     root, broken = broken_ltcc
-    result = run("train_base.py", "--dataset", "ltcc", "--root", str(root), "--output", str(tmp_path / "run"), *TINY_FLAGS)
+    result = run_here("train_base.py", "--dataset", "ltcc", "--root", str(root), "--output", str(tmp_path / "run"), *TINY_FLAGS)
     assert result.returncode == 1 and "2 unreadable image(s)" in result.stderr and str(broken[0]) in result.stderr
     assert not (tmp_path / "run" / "last.pt").exists()
 
@@ -95,19 +90,19 @@ def test_folder_ranking_skips_an_unreadable_file_with_a_warning(tiny_run, synthe
 
 
 def test_resume_from_a_best_pt(tiny_run, synthetic_root, tmp_path):
-    result = run("train_base.py", "--dataset", "synthetic", "--root", str(synthetic_root), "--output", str(tmp_path / "run"),
+    result = run_here("train_base.py", "--dataset", "synthetic", "--root", str(synthetic_root), "--output", str(tmp_path / "run"),
                  "--resume", str(tiny_run / "best.pt"), *TINY_FLAGS)
     one_error_line(result, "best.pt", "holds no training state", "last.pt")
 
 
 def test_dataset_summary_without_root():
-    one_error_line(run("-m", "rlq.data", "--dataset", "ltcc"), "needs --root")
+    one_error_line(run_here("-m", "rlq.data", "--dataset", "ltcc"), "needs --root")
 
 
 def test_output_that_is_a_file(synthetic_root, tmp_path):
     output = tmp_path / "run"
     output.write_text("my notes")
-    result = run("train_base.py", "--dataset", "synthetic", "--root", str(synthetic_root), "--output", str(output), *TINY_FLAGS)
+    result = run_here("train_base.py", "--dataset", "synthetic", "--root", str(synthetic_root), "--output", str(output), *TINY_FLAGS)
     one_error_line(result, f"--output '{output}' is a file")
     assert output.read_text() == "my notes"
 
@@ -118,7 +113,7 @@ def test_read_only_output(synthetic_root, tmp_path):
     output.mkdir()
     output.chmod(0o500)
     try:
-        result = run("train_base.py", "--dataset", "synthetic", "--root", str(synthetic_root), "--output", str(output), *TINY_FLAGS)
+        result = run_here("train_base.py", "--dataset", "synthetic", "--root", str(synthetic_root), "--output", str(output), *TINY_FLAGS)
         one_error_line(result, "cannot write to --output")
     finally:
         output.chmod(0o700)
@@ -128,7 +123,7 @@ def test_checkpoint_that_gives_nan_features(tiny_run, synthetic_root, tmp_path):
     checkpoint = load_checkpoint(tiny_run / "best.pt")
     checkpoint["model"] = {k: v * float("nan") if k.endswith("conv1.weight") else v for k, v in checkpoint["model"].items()}
     torch.save(checkpoint, tmp_path / "nan.pt")
-    result = run("evaluate.py", "--checkpoint", str(tmp_path / "nan.pt"), "--root", str(synthetic_root), "--num-workers", "0")
+    result = run_here("evaluate.py", "--checkpoint", str(tmp_path / "nan.pt"), "--root", str(synthetic_root), "--num-workers", "0")
     one_error_line(result, "nan.pt", "non-finite features", "diverged")
 
 
@@ -138,9 +133,9 @@ def test_a_random_file_as_checkpoint_or_teacher(synthetic_root, attribute_files,
     junk.write_bytes(os.urandom(3000))
     gender, pose = attribute_files
     if option == "--checkpoint":
-        result = run("evaluate.py", "--checkpoint", str(junk), "--root", str(synthetic_root))
+        result = run_here("evaluate.py", "--checkpoint", str(junk), "--root", str(synthetic_root))
     else:
-        result = run("train_rlq.py", "--teacher", str(junk), "--dataset", "synthetic", "--root", str(synthetic_root),
+        result = run_here("train_rlq.py", "--teacher", str(junk), "--dataset", "synthetic", "--root", str(synthetic_root),
                      "--external-dataset", "synthetic-external", "--gender-csv", str(gender), "--pose-csv", str(pose),
                      "--output", str(tmp_path / "run"), *TINY_FLAGS)
     line = one_error_line(result, "model.pt", "not a checkpoint")
@@ -162,7 +157,7 @@ def test_gender_csv_in_utf16_names_the_file_and_the_encoding(synthetic_root, att
     path.write_text("Category,ID,Gender\ntrain,001,1\n", encoding="utf-16")
     with pytest.raises(AttributeFileError, match=r"gender16.csv' is not UTF-8 text .* save it as CSV UTF-8"):
         read_gender_csv(path)
-    result = run("train_cgal.py", "--dataset", "synthetic", "--root", str(synthetic_root), "--gender-csv", str(path),
+    result = run_here("train_cgal.py", "--dataset", "synthetic", "--root", str(synthetic_root), "--gender-csv", str(path),
                  "--pose-csv", str(attribute_files[1]), "--output", str(tmp_path / "run"), *TINY_FLAGS)
     one_error_line(result, "gender16.csv", "not UTF-8")
 
@@ -174,10 +169,10 @@ def test_a_new_run_does_not_overwrite_another_runs_checkpoints(tiny_run, synthet
     output = tmp_path / "run"
     shutil.copytree(tiny_run, output)
     before = snapshot(output)
-    result = run("train_base.py", "--dataset", "synthetic", "--root", str(synthetic_root), "--output", str(output), *TINY_FLAGS)
+    result = run_here("train_base.py", "--dataset", "synthetic", "--root", str(synthetic_root), "--output", str(output), *TINY_FLAGS)
     one_error_line(result, "holds another run's last.pt", f"--resume {output}", "--overwrite")
     assert snapshot(output) == before
-    done = run("train_base.py", "--dataset", "synthetic", "--root", str(synthetic_root), "--output", str(output), "--overwrite",
+    done = run_here("train_base.py", "--dataset", "synthetic", "--root", str(synthetic_root), "--output", str(output), "--overwrite",
                *TINY_FLAGS)
     assert done.returncode == 0, done.stderr[-2000:]
     assert load_checkpoint(output / "last.pt")["epoch"] == 1
@@ -209,7 +204,7 @@ def test_resume_refuses_options_the_checkpoint_contradicts(tiny_run, synthetic_r
     before = snapshot(output)
     flags = list(TINY_FLAGS)
     flags[flags.index("--height") + 1] = "96"
-    result = run("train_base.py", "--dataset", "synthetic", "--root", str(synthetic_root), "--output", str(output),
+    result = run_here("train_base.py", "--dataset", "synthetic", "--root", str(synthetic_root), "--output", str(output),
                  "--resume", str(output), *flags)
     one_error_line(result, "was trained with other --height (64)", "start a new run")
     assert snapshot(output) == before
@@ -254,10 +249,10 @@ def test_incomplete_masks_are_found_before_training(synthetic_root, tmp_path):
     masks.mkdir()
     (masks / "faulty_tops.txt").write_text("")
     (masks / "faulty_pants.txt").write_text("")
-    result = run("train_base.py", "--dataset", "synthetic", "--root", str(synthetic_root), "--masks", str(masks),
+    result = run_here("train_base.py", "--dataset", "synthetic", "--root", str(synthetic_root), "--masks", str(masks),
                  "--output", str(tmp_path / "run"), *TINY_FLAGS)
     one_error_line(result, f"--masks '{masks}' lacks the masks of 845 of 845 training images", "preprocess_masks.py")
-    missing = run("train_base.py", "--dataset", "synthetic", "--root", str(synthetic_root), "--masks", str(tmp_path / "nowhere"),
+    missing = run_here("train_base.py", "--dataset", "synthetic", "--root", str(synthetic_root), "--masks", str(tmp_path / "nowhere"),
                   "--output", str(tmp_path / "run"), *TINY_FLAGS)
     one_error_line(missing, "is not a folder", "preprocess_masks.py")
 

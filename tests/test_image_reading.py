@@ -6,8 +6,6 @@ from __future__ import annotations
 import colorsys
 import json
 import struct
-import subprocess
-import sys
 import zlib
 from pathlib import Path
 
@@ -15,6 +13,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+from conftest import run_here
 
 from rlq.data import Sample, load_dataset, summary, summary_table, unreadable_images
 from rlq.images import BACKGROUND, ImageReadError, load_image, to_rgb
@@ -364,11 +364,11 @@ def test_no_skipped_files_no_line(tmp_path):
 
 
 def test_summary_cli_reports_skipped_files(ltcc_with_strays):
-    command = [sys.executable, "-m", "rlq.data", "--dataset", "ltcc", "--root", str(ltcc_with_strays)]
-    table = subprocess.run(command, capture_output=True, text=True)
+    command = ["-m", "rlq.data", "--dataset", "ltcc", "--root", str(ltcc_with_strays)]
+    table = run_here(*command)
     assert table.returncode == 0, table.stderr
     assert "skipped 3 files in formats the ltcc parser does not read: .webp (2), .bmp (1)" in table.stdout
-    as_json = subprocess.run([*command, "--print-json"], capture_output=True, text=True)
+    as_json = run_here(*command, "--print-json")
     assert as_json.returncode == 0, as_json.stderr
     assert {split: s["files"] for split, s in json.loads(as_json.stdout)["skipped"].items()} == {"train": 2, "query": 1}
 

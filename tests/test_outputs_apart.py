@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TINY_RUN
-from test_hardening import one_error_line, run
+from conftest import REPO, TINY_RUN, run_here
+from test_hardening import one_error_line
 
 import evaluate
 import preprocess_masks
@@ -224,7 +224,7 @@ SUBPROCESS_CASES = [
 @pytest.mark.parametrize(("command", "expected"), [c[1:] for c in SUBPROCESS_CASES], ids=[c[0] for c in SUBPROCESS_CASES])
 def test_a_clash_is_one_error_line_from_the_command_line(command, expected, tree):
     before = hashes(tree)
-    result = run(*command(tree))
+    result = run_here(*command(tree))
     line = one_error_line(result)
     assert result.stderr.strip() == line  # the whole of stderr: nothing was loaded or logged first
     assert line == "error: " + expected.format(t=tree, rel=relative(tree))

@@ -14,11 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TINY_RUN
-from test_hardening import TINY_FLAGS, one_error_line, run, snapshot
+from conftest import REPO, TINY_RUN, run_here
+from test_hardening import TINY_FLAGS, one_error_line, snapshot
 
 from rlq.checkpoint import CheckpointError, load_checkpoint
-from rlq.data import DatasetLayoutError
 from rlq.training import RUN_LOCK, lock_holder
 
 # --- one run per folder ---------------------------------------------------------------------------------------------
@@ -55,13 +54,13 @@ def test_the_lock_lives_as_long_as_the_run_and_dies_with_it(synthetic_root, tmp_
             assert first.poll() is None and time.monotonic() < deadline, "the first run never took its lock"
             time.sleep(0.2)
         for extra in ([], ["--resume", str(output)], ["--overwrite"]):
-            line = one_error_line(run("train_base.py", *flags, *extra), f"is in use by another run (process {first.pid}:")
+            line = one_error_line(run_here("train_base.py", *flags, *extra), f"is in use by another run (process {first.pid}:")
             assert line.startswith(f"error: --output '{output}' is in use by another run"), line
         assert first.poll() is None  # the refused runs left the first alone
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
-    done = run("train_base.py", *flags, "--overwrite")  # the kernel released the dead run's lock
+    done = run_here("train_base.py", *flags, "--overwrite")  # the kernel released the dead run's lock
     assert done.returncode == 0, done.stderr[-2000:]
     assert load_checkpoint(output / "last.pt")["epoch"] == 1
 
@@ -84,7 +83,7 @@ def test_resume_refuses_another_scripts_run_naming_the_script_that_wrote_it(tiny
 
 def test_resume_refuses_another_architecture_naming_the_script_that_wrote_it(tiny_run, synthetic_root, tmp_path):
     shutil.copytree(tiny_run, tmp_path / "run")
-    line = one_error_line(run("train_base.py", "--dataset", "synthetic", "--root", str(synthetic_root), *TINY_FLAGS,
+    line = one_error_line(run_here("train_base.py", "--dataset", "synthetic", "--root", str(synthetic_root), *TINY_FLAGS,
                               "--cal-start-epoch", "1", "--model", "cal", "--output", str(tmp_path / "run"), "--resume",
                               str(tmp_path / "run")))
     assert line == (f"error: checkpoint '{tmp_path / 'run' / 'last.pt'}' (written by train_base.py) was trained with other "
@@ -101,7 +100,7 @@ def test_a_training_set_of_one_identity_is_refused_at_start(synthetic_root, tmp_
     for image in (root / "train").iterdir():
         if image.name.split("_")[0] != kept:
             image.unlink()
-    line = one_error_line(run("train_base.py", "--dataset", "ltcc", "--root", str(root), *TINY_FLAGS,
+    line = one_error_line(run_here("train_base.py", "--dataset", "ltcc", "--root", str(root), *TINY_FLAGS,
                               "--output", str(tmp_path / "run")))
     assert line == (f"error: the training split of ltcc ({root}) has 1 identity: with one class every identity loss is zero "
                     "and nothing is learnt; expected at least 2 identities")
@@ -122,7 +121,7 @@ def one_outfit_test_set(synthetic_root, tmp_path_factory) -> Path:
 
 
 def test_evaluate_names_the_protocol_without_a_valid_query_and_reports_the_others(tiny_run, one_outfit_test_set, tmp_path):
-    done = run("evaluate.py", "--checkpoint", str(tiny_run / "best.pt"), "--dataset", "ltcc", "--root", str(one_outfit_test_set),
+    done = run_here("evaluate.py", "--checkpoint", str(tiny_run / "best.pt"), "--dataset", "ltcc", "--root", str(one_outfit_test_set),
                "--num-workers", "0", "--degrade", "mix", "--rerank", "--json", str(tmp_path / "eval.json"))
     assert done.returncode == 0, done.stderr[-2000:]
     queries = len(list((one_outfit_test_set / "query").iterdir()))
@@ -156,7 +155,7 @@ def test_no_protocol_with_a_valid_query_is_one_error_line(tiny_run, one_outfit_t
         pid, _, cam = image.name.split("_")[:3]
         if camera.setdefault(pid, cam) != cam:
             image.unlink()
-    line = one_error_line(run("evaluate.py", "--checkpoint", str(tiny_run / "best.pt"), "--dataset", "ltcc", "--root", str(root),
+    line = one_error_line(run_here("evaluate.py", "--checkpoint", str(tiny_run / "best.pt"), "--dataset", "ltcc", "--root", str(root),
                               "--num-workers", "0"))
     assert line.startswith(f"error: no protocol of ltcc ({root}) has a valid query: standard: no valid query"), line
 
@@ -169,39 +168,54 @@ def _processes_in_session(session: int) -> list[str]:
     return [line for line in done.stdout.splitlines() if line.strip()]
 
 
-@pytest.mark.parametrize("how", ["SIGINT to the process group (Ctrl-C)", "SIGTERM to the main process"])
-def test_a_signal_ends_a_training_run_with_one_line_saying_how_to_resume(how, synthetic_root, tmp_path):
-    output = tmp_path / "run"
-    flags = [*TINY_FLAGS, "--dataset", "synthetic", "--root", str(synthetic_root), "--output", str(output), "--num-workers", "1"]
-    run_ = subprocess.Popen([sys.executable, "train_base.py", *flags, "--epochs", "50", "--max-steps-per-epoch", "2"],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env=os.environ | {"OMP_NUM_THREADS": "1"})
+def _train_until_stopped(how: str, flags: list[str], output: Path, after_epoch: int) -> int:
+    """Start train_base.py in a session of its own, stop it with `how` once last.pt holds more than `after_epoch` epochs,
+    check the one line it ends with, and return the epochs last.pt holds."""
+    run_ = subprocess.Popen([sys.executable, "train_base.py", *flags], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True, env=os.environ | {"OMP_NUM_THREADS": "1"})
     deadline = time.monotonic() + 240
-    while not (output / "last.pt").is_file():  # stopped mid-run, with a checkpoint to go on from
+
+    def saved_epochs() -> int:  # metrics.json is written with last.pt, and is small to read
+        metrics = output / "metrics.json"
+        return len(json.loads(metrics.read_text())["train"]) if metrics.is_file() else 0
+
+    while saved_epochs() <= after_epoch:  # stopped mid-run, with a checkpoint to go on from
         assert run_.poll() is None and time.monotonic() < deadline, "the run wrote no checkpoint"
         time.sleep(0.2)
     time.sleep(1.0)
     sent = time.monotonic()
-    if how.startswith("SIGINT"):
+    if how == "SIGINT to the process group (Ctrl-C)":
         os.killpg(run_.pid, signal.SIGINT)
     else:
         run_.send_signal(signal.SIGTERM)
     stderr = run_.communicate(timeout=60)[1]
-    assert time.monotonic() - sent < 20 and run_.returncode == 130, stderr[-2000:]
+    assert time.monotonic() - sent < 20 and run_.returncode == 130, (how, stderr[-2000:])
     assert "Traceback" not in stderr, stderr[-3000:]
     lines = [line for line in stderr.replace("\r", "\n").splitlines() if line.strip()]
     assert sum(line.startswith("stopped: ") for line in lines) == 1 and lines[-1].startswith("stopped: interrupted in "), lines[-5:]
     epochs = load_checkpoint(output / "last.pt")["epoch"]
     held = "epoch 0" if epochs == 1 else f"epochs 0-{epochs - 1}"
-    assert lines[-1].endswith(f"; {output / 'last.pt'} holds {held}: continue with --resume {output}"), lines[-1]
+    assert lines[-1].endswith(f"; {output / 'last.pt'} holds {held}: continue with --resume {output}"), (how, lines[-1])
     time.sleep(0.5)
-    assert _processes_in_session(run_.pid) == []  # the loader worker went with it
-    done = run("train_base.py", *flags, "--epochs", str(epochs + 1), "--max-steps-per-epoch", "2", "--resume", str(output))
+    assert _processes_in_session(run_.pid) == [], how  # the loader worker went with it
+    return epochs
+
+
+def test_a_signal_ends_a_training_run_with_one_line_saying_how_to_resume(synthetic_root, tmp_path):
+    """Ctrl-C stops a run, the resumed run continues it until SIGTERM stops that one, and the next resume finishes it."""
+    output = tmp_path / "run"
+    flags = [*TINY_FLAGS, "--dataset", "synthetic", "--root", str(synthetic_root), "--output", str(output), "--num-workers", "1",
+             "--max-steps-per-epoch", "2"]
+    epochs = _train_until_stopped("SIGINT to the process group (Ctrl-C)", [*flags, "--epochs", "50"], output, after_epoch=0)
+    resumed = _train_until_stopped("SIGTERM to the main process", [*flags, "--epochs", "50", "--resume", str(output)], output,
+                                   after_epoch=epochs)
+    assert resumed > epochs
+    done = run_here("train_base.py", *flags, "--epochs", str(resumed + 1), "--resume", str(output))
     assert done.returncode == 0, done.stderr[-2000:]
-    assert load_checkpoint(output / "last.pt")["epoch"] == epochs + 1
+    assert load_checkpoint(output / "last.pt")["epoch"] == resumed + 1
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_while_a_checkpoint_is_written_stops_after_the_writes_and_names_what_they_hold(signum, synthetic_root,
                                                                                                tmp_path, monkeypatch, capsys):
     from train_base import Config, main
@@ -218,13 +232,14 @@ def test_a_signal_while_a_checkpoint_is_written_stops_after_the_writes_and_names
         write_json(path, value)
 
     monkeypatch.setattr(rlq.training, "write_json_atomic", signalled_between_last_pt_and_metrics)
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     with pytest.raises(SystemExit) as stop, ends_cleanly(rlq.training.stopped_message):
         main(Config(root=synthetic_root, output=tmp_path, **(TINY_RUN | {"epochs": 1})))
     assert stop.value.code == 130 and reached == ["metrics.json"] and json.loads((tmp_path / "metrics.json").read_text())
     assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1
     assert capsys.readouterr().err.splitlines()[-1] == (f"stopped: interrupted in {rlq.training.RUN.place()}; "
                                                         f"{tmp_path / 'last.pt'} holds epoch 0: continue with --resume {tmp_path}")
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers are given back
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers  # given back
 
 
 def test_a_full_disk_while_writing_a_checkpoint_is_one_line_and_keeps_the_previous_one(synthetic_root, tmp_path):

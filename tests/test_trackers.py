@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
-import sys
 
 import pytest
-from conftest import REPO, TINY_RUN
+from conftest import TINY_RUN, run_here
 
 from rlq import launch
 from rlq.options import OptionError
@@ -78,8 +76,8 @@ def test_a_tracker_not_installed_stops_the_run_before_any_work(synthetic_root, t
 @pytest.mark.parametrize("script", ["train_base.py", "train_cgal.py", "train_rlq.py"])
 def test_each_training_script_says_which_package_a_tracker_needs(script, tmp_path):
     teacher = ["--teacher", "none"] if script == "train_rlq.py" else []
-    result = subprocess.run([sys.executable, str(REPO / script), "--dataset", "synthetic", "--output", str(tmp_path / "run"),
-                             "--log-with", "tensorboard", "comet_ml", *teacher], cwd=REPO, capture_output=True, text=True)
+    result = run_here(script, "--dataset", "synthetic", "--output", str(tmp_path / "run"), "--log-with", "tensorboard", "comet_ml",
+                      *teacher)
     assert result.returncode == 1
     assert result.stderr.splitlines() == ["error: --log-with comet_ml needs the package 'comet_ml': pip install comet_ml"]
     assert not (tmp_path / "run").exists()
