@@ -212,7 +212,8 @@ SLOW = {
 
 
 # The files that take longest (measured with --durations under -n 2), run first: pytest-xdist hands each worker whole
-# files in collection order (--dist loadfile), and a long file handed out last would leave the other worker idle.
+# files in collection order (--dist loadfile --no-loadscope-reorder; by default it would order files by their number
+# of tests, and the GPU check's few long ones came last), and a long file handed out last leaves the other worker idle.
 LONGEST_FILES = ("test_gpu_check.py", "test_learning.py", "test_train_base.py", "test_run_guards.py", "test_train_rlq.py",
                  "test_hardening.py", "test_diagnostics.py", "test_evaluate.py", "test_lowquality.py")
 
