@@ -91,7 +91,7 @@ def test_folder_ranking_skips_an_unreadable_file_with_a_warning(tiny_run, synthe
 
 def test_resume_from_a_best_pt(tiny_run, synthetic_root, tmp_path):
     result = run_here("train_base.py", "--dataset", "synthetic", "--root", str(synthetic_root), "--output", str(tmp_path / "run"),
-                 "--resume", str(tiny_run / "best.pt"), *TINY_FLAGS)
+                      "--resume", str(tiny_run / "best.pt"), *TINY_FLAGS)
     one_error_line(result, "best.pt", "holds no training state", "last.pt")
 
 
@@ -136,8 +136,8 @@ def test_a_random_file_as_checkpoint_or_teacher(synthetic_root, attribute_files,
         result = run_here("evaluate.py", "--checkpoint", str(junk), "--root", str(synthetic_root))
     else:
         result = run_here("train_rlq.py", "--teacher", str(junk), "--dataset", "synthetic", "--root", str(synthetic_root),
-                     "--external-dataset", "synthetic-external", "--gender-csv", str(gender), "--pose-csv", str(pose),
-                     "--output", str(tmp_path / "run"), *TINY_FLAGS)
+                          "--external-dataset", "synthetic-external", "--gender-csv", str(gender), "--pose-csv", str(pose),
+                          "--output", str(tmp_path / "run"), *TINY_FLAGS)
     line = one_error_line(result, "model.pt", "not a checkpoint")
     assert len(line) < 400 and "weights_only" not in line  # not torch's page-long explanation
 
@@ -158,7 +158,7 @@ def test_gender_csv_in_utf16_names_the_file_and_the_encoding(synthetic_root, att
     with pytest.raises(AttributeFileError, match=r"gender16.csv' is not UTF-8 text .* save it as CSV UTF-8"):
         read_gender_csv(path)
     result = run_here("train_cgal.py", "--dataset", "synthetic", "--root", str(synthetic_root), "--gender-csv", str(path),
-                 "--pose-csv", str(attribute_files[1]), "--output", str(tmp_path / "run"), *TINY_FLAGS)
+                      "--pose-csv", str(attribute_files[1]), "--output", str(tmp_path / "run"), *TINY_FLAGS)
     one_error_line(result, "gender16.csv", "not UTF-8")
 
 
@@ -173,7 +173,7 @@ def test_a_new_run_does_not_overwrite_another_runs_checkpoints(tiny_run, synthet
     one_error_line(result, "holds another run's last.pt", f"--resume {output}", "--overwrite")
     assert snapshot(output) == before
     done = run_here("train_base.py", "--dataset", "synthetic", "--root", str(synthetic_root), "--output", str(output), "--overwrite",
-               *TINY_FLAGS)
+                    *TINY_FLAGS)
     assert done.returncode == 0, done.stderr[-2000:]
     assert load_checkpoint(output / "last.pt")["epoch"] == 1
 
@@ -205,7 +205,7 @@ def test_resume_refuses_options_the_checkpoint_contradicts(tiny_run, synthetic_r
     flags = list(TINY_FLAGS)
     flags[flags.index("--height") + 1] = "96"
     result = run_here("train_base.py", "--dataset", "synthetic", "--root", str(synthetic_root), "--output", str(output),
-                 "--resume", str(output), *flags)
+                      "--resume", str(output), *flags)
     one_error_line(result, "was trained with other --height (64)", "start a new run")
     assert snapshot(output) == before
 
@@ -250,10 +250,10 @@ def test_incomplete_masks_are_found_before_training(synthetic_root, tmp_path):
     (masks / "faulty_tops.txt").write_text("")
     (masks / "faulty_pants.txt").write_text("")
     result = run_here("train_base.py", "--dataset", "synthetic", "--root", str(synthetic_root), "--masks", str(masks),
-                 "--output", str(tmp_path / "run"), *TINY_FLAGS)
+                      "--output", str(tmp_path / "run"), *TINY_FLAGS)
     one_error_line(result, f"--masks '{masks}' lacks the masks of 845 of 845 training images", "preprocess_masks.py")
     missing = run_here("train_base.py", "--dataset", "synthetic", "--root", str(synthetic_root), "--masks", str(tmp_path / "nowhere"),
-                  "--output", str(tmp_path / "run"), *TINY_FLAGS)
+                       "--output", str(tmp_path / "run"), *TINY_FLAGS)
     one_error_line(missing, "is not a folder", "preprocess_masks.py")
 
 

@@ -97,7 +97,7 @@ def test_training_options_are_checked_before_any_work(script, change, message, t
 
 def test_a_bad_training_option_is_one_error_line(synthetic_root, tmp_path):
     result = run_here("train_base.py", "--dataset", "synthetic", "--root", str(synthetic_root), "--output", str(tmp_path / "run"),
-                 *TINY_FLAGS, "--batch-size", "6")
+                      *TINY_FLAGS, "--batch-size", "6")
     one_error_line(result, "--batch-size 6: expected a multiple of --num-instances (4)")
     assert not (tmp_path / "run").exists()
 
@@ -137,7 +137,7 @@ def test_evaluate_output_under_a_file_is_one_error_line(tiny_run, synthetic_root
     a_file = tmp_path / "results"
     a_file.write_text("mine")
     result = run_here("evaluate.py", "--checkpoint", str(tiny_run / "last.pt"), "--root", str(synthetic_root), "--num-workers", "0",
-                 "--json", str(a_file / "m.json"))
+                      "--json", str(a_file / "m.json"))
     one_error_line(result, f"--json '{a_file / 'm.json'}': its folder '{a_file}' is a file: expected a folder")
     assert a_file.read_text() == "mine"
 
@@ -148,7 +148,7 @@ def test_evaluate_checks_the_evaluated_images_first(synthetic_root, tiny_run, tm
     broken = sorted((root / "test").glob("*.png"))[2]
     broken.write_bytes(b"no image")
     result = run_here("evaluate.py", "--checkpoint", str(tiny_run / "last.pt"), "--dataset", "ltcc", "--root", str(root),
-                 "--num-workers", "0")
+                      "--num-workers", "0")
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert "error: 1 unreadable image(s)" in result.stderr and str(broken) in result.stderr
 
@@ -176,7 +176,7 @@ def test_preprocess_pose_names_an_unreadable_image(synthetic_root, tmp_path):
     broken = sorted((root / "train").glob("*.png"))[0]
     broken.write_bytes(b"no image")
     result = run_here("preprocess_pose.py", "--dataset", "ltcc", "--root", str(root), "--keypoints",
-                 str(synthetic_root / "target" / "keypoints.json"), "--output", str(tmp_path / "p.csv"), "--ks", "5")
+                      str(synthetic_root / "target" / "keypoints.json"), "--output", str(tmp_path / "p.csv"), "--ks", "5")
     one_error_line(result, f"cannot read the image '{broken}'", "python -m rlq.data --check-images")
     assert not (tmp_path / "p.csv").exists()
 
@@ -186,7 +186,7 @@ def test_preprocess_masks_refuses_bad_options_before_any_mask(synthetic_root, tm
     a_file.write_text("mine")
     parsing = synthetic_root / "target" / "parsing"
     result = run_here("preprocess_masks.py", "--dataset", "synthetic", "--root", str(synthetic_root), "--parsing", str(parsing),
-                 "--output", str(a_file))
+                      "--output", str(a_file))
     one_error_line(result, f"--output '{a_file}' is a file: expected a folder")
     assert a_file.read_text() == "mine"
     args = preprocess_masks.Args(dataset="synthetic", root=synthetic_root, parsing=parsing, output=tmp_path / "m")

@@ -84,8 +84,8 @@ def test_resume_refuses_another_scripts_run_naming_the_script_that_wrote_it(tiny
 def test_resume_refuses_another_architecture_naming_the_script_that_wrote_it(tiny_run, synthetic_root, tmp_path):
     shutil.copytree(tiny_run, tmp_path / "run")
     line = one_error_line(run_here("train_base.py", "--dataset", "synthetic", "--root", str(synthetic_root), *TINY_FLAGS,
-                              "--cal-start-epoch", "1", "--model", "cal", "--output", str(tmp_path / "run"), "--resume",
-                              str(tmp_path / "run")))
+                                   "--cal-start-epoch", "1", "--model", "cal", "--output", str(tmp_path / "run"), "--resume",
+                                   str(tmp_path / "run")))
     assert line == (f"error: checkpoint '{tmp_path / 'run' / 'last.pt'}' (written by train_base.py) was trained with other "
                     "--model (base): a resumed run must keep them; start a new run (--overwrite or another --output) to change them")
 
@@ -101,7 +101,7 @@ def test_a_training_set_of_one_identity_is_refused_at_start(synthetic_root, tmp_
         if image.name.split("_")[0] != kept:
             image.unlink()
     line = one_error_line(run_here("train_base.py", "--dataset", "ltcc", "--root", str(root), *TINY_FLAGS,
-                              "--output", str(tmp_path / "run")))
+                                   "--output", str(tmp_path / "run")))
     assert line == (f"error: the training split of ltcc ({root}) has 1 identity: with one class every identity loss is zero "
                     "and nothing is learnt; expected at least 2 identities")
     assert not (tmp_path / "run" / "last.pt").exists()
@@ -122,7 +122,7 @@ def one_outfit_test_set(synthetic_root, tmp_path_factory) -> Path:
 
 def test_evaluate_names_the_protocol_without_a_valid_query_and_reports_the_others(tiny_run, one_outfit_test_set, tmp_path):
     done = run_here("evaluate.py", "--checkpoint", str(tiny_run / "best.pt"), "--dataset", "ltcc", "--root", str(one_outfit_test_set),
-               "--num-workers", "0", "--degrade", "mix", "--rerank", "--json", str(tmp_path / "eval.json"))
+                    "--num-workers", "0", "--degrade", "mix", "--rerank", "--json", str(tmp_path / "eval.json"))
     assert done.returncode == 0, done.stderr[-2000:]
     queries = len(list((one_outfit_test_set / "query").iterdir()))
     line = (f"cc: no valid query: none of the {queries} query images has an image of its identity from another camera in other "
@@ -156,7 +156,7 @@ def test_no_protocol_with_a_valid_query_is_one_error_line(tiny_run, one_outfit_t
         if camera.setdefault(pid, cam) != cam:
             image.unlink()
     line = one_error_line(run_here("evaluate.py", "--checkpoint", str(tiny_run / "best.pt"), "--dataset", "ltcc", "--root", str(root),
-                              "--num-workers", "0"))
+                                   "--num-workers", "0"))
     assert line.startswith(f"error: no protocol of ltcc ({root}) has a valid query: standard: no valid query"), line
 
 
