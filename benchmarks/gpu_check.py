@@ -113,9 +113,9 @@ def gpu_sizes() -> Sizes:
 def tiny_sizes() -> Sizes:
     return Sizes(
         # In-process loading and one step per pass: what takes the time here is starting the processes.
-        backbone="resnet18", height=64, width=32, batch_size=16, eval_batch_size=64, num_workers=0, steps_per_epoch=1,
-        synthetic=["--image-height", "64", "--target-train-ids", "12", "--target-test-ids", "8", "--external-train-ids", "12",
-                   "--external-test-ids", "6"],
+        backbone="resnet18", height=32, width=16, batch_size=16, eval_batch_size=64, num_workers=0, steps_per_epoch=1,
+        synthetic=["--image-height", "48", "--target-train-ids", "12", "--target-test-ids", "4", "--external-train-ids", "12",
+                   "--external-test-ids", "4"],
         bench={
             "bench_train.py": lambda f: ["--device", "cpu", "--steps", "1", "--warmup", "1", "--batch-size", "8"],
             "bench_extract.py": lambda f: ["--images", "16", "--crops", "16", "--num-workers", "0", "--batch-size", "8",

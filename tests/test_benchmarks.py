@@ -18,7 +18,7 @@ from conftest import REPO
 sys.path.insert(0, str(REPO / "benchmarks"))  # the benchmarks import each other as scripts do
 import bench_train  # noqa: E402
 
-TINY = ["--device", "cpu", "--backbone", "resnet18", "--height", "64", "--width", "32", "--batch-size", "8",
+TINY = ["--device", "cpu", "--backbone", "resnet18", "--height", "32", "--width", "16", "--batch-size", "8",
         "--steps", "1", "--warmup", "1"]
 OPTIMISED = {"total", "clothes_discriminator", "id_f1", "id_f2", "kl", "triplet", "cal", "pose", "gender", "disentangle_f2",
              "mse_f1_hq", "mse_f1_lq", "mse_f2_hq", "mse_f2_lq", "kl_o1", "kl_o2"}

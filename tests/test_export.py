@@ -22,9 +22,10 @@ def _run(path, images: torch.Tensor) -> np.ndarray:
 @pytest.mark.parametrize("flip_sum", [True, False])
 def test_our_checkpoint_exports_the_retrieval_feature(tiny_run, tmp_path, flip_sum):
     out = main(["--checkpoint", str(tiny_run / "best.pt"), "--output", str(tmp_path / "model.onnx")] + ([] if flip_sum else ["--no-flip-sum"]))
-    model = model_from_checkpoint(load_checkpoint(tiny_run / "best.pt"), tiny_run / "best.pt").eval()
+    checkpoint = load_checkpoint(tiny_run / "best.pt")
+    model = model_from_checkpoint(checkpoint, tiny_run / "best.pt").eval()
     for batch in (1, 5):  # the batch axis is dynamic
-        images = torch.randn(batch, 3, 64, 32)
+        images = torch.randn(batch, 3, *checkpoint["input_size"])
         with torch.no_grad():
             expected = model.retrieval_features(images) if flip_sum else F.normalize(model.embed(images), dim=1)
         got = _run(out, images)

@@ -16,9 +16,10 @@ from conftest import TINY_RUN, run_here
 
 from rlq.attributes import AttributeFileError, read_gender_csv
 from rlq.checkpoint import load_checkpoint
+from rlq.data import load_dataset
 from rlq.files import remove_stale_temporaries
 
-TINY_FLAGS = ["--no-pretrained", "--backbone", "resnet18", "--height", "64", "--width", "32", "--batch-size", "16",
+TINY_FLAGS = ["--no-pretrained", "--backbone", "resnet18", "--height", "32", "--width", "16", "--batch-size", "16",
               "--epochs", "1", "--max-steps-per-epoch", "1", "--num-workers", "0", "--eval-batch-size", "64"]
 
 
@@ -206,7 +207,7 @@ def test_resume_refuses_options_the_checkpoint_contradicts(tiny_run, synthetic_r
     flags[flags.index("--height") + 1] = "96"
     result = run_here("train_base.py", "--dataset", "synthetic", "--root", str(synthetic_root), "--output", str(output),
                       "--resume", str(output), *flags)
-    one_error_line(result, "was trained with other --height (64)", "start a new run")
+    one_error_line(result, f"was trained with other --height ({TINY_RUN['height']})", "start a new run")
     assert snapshot(output) == before
 
 
@@ -251,7 +252,9 @@ def test_incomplete_masks_are_found_before_training(synthetic_root, tmp_path):
     (masks / "faulty_pants.txt").write_text("")
     result = run_here("train_base.py", "--dataset", "synthetic", "--root", str(synthetic_root), "--masks", str(masks),
                       "--output", str(tmp_path / "run"), *TINY_FLAGS)
-    one_error_line(result, f"--masks '{masks}' lacks the masks of 845 of 845 training images", "preprocess_masks.py")
+    training_images = len(load_dataset("synthetic", synthetic_root).train)
+    one_error_line(result, f"--masks '{masks}' lacks the masks of {training_images} of {training_images} training images",
+                   "preprocess_masks.py")
     missing = run_here("train_base.py", "--dataset", "synthetic", "--root", str(synthetic_root), "--masks", str(tmp_path / "nowhere"),
                        "--output", str(tmp_path / "run"), *TINY_FLAGS)
     one_error_line(missing, "is not a folder", "preprocess_masks.py")

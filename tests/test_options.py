@@ -173,10 +173,12 @@ def test_preprocess_pose_refuses_bad_options_before_reading(synthetic_root, tmp_
 def test_preprocess_pose_names_an_unreadable_image(synthetic_root, tmp_path):
     root = tmp_path / "LTCC_ReID"
     shutil.copytree(synthetic_root / "target" / "LTCC_ReID", root)
-    broken = sorted((root / "train").glob("*.png"))[0]
+    keypoints = synthetic_root / "target" / "keypoints.json"
+    posed = {record["image_id"] for record in json.loads(keypoints.read_text())}  # images without a pose are not read
+    broken = next(path for path in sorted((root / "train").glob("*.png")) if path.name in posed)
     broken.write_bytes(b"no image")
-    result = run_here("preprocess_pose.py", "--dataset", "ltcc", "--root", str(root), "--keypoints",
-                      str(synthetic_root / "target" / "keypoints.json"), "--output", str(tmp_path / "p.csv"), "--ks", "5")
+    result = run_here("preprocess_pose.py", "--dataset", "ltcc", "--root", str(root), "--keypoints", str(keypoints),
+                      "--output", str(tmp_path / "p.csv"), "--ks", "5")
     one_error_line(result, f"cannot read the image '{broken}'", "python -m rlq.data --check-images")
     assert not (tmp_path / "p.csv").exists()
 

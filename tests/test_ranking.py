@@ -18,12 +18,18 @@ from rlq.ranking import RankingError, list_images
 pytestmark = pytest.mark.filterwarnings("ignore:authors' checkpoint .* has no gender head:UserWarning")
 
 
+def spread(paths: list[Path], count: int) -> list[Path]:
+    """`count` of `paths`, evenly spaced from the first (different people, whatever the split's size)."""
+    assert len(paths) >= count
+    return paths[:: len(paths) // count][:count]
+
+
 @pytest.fixture
 def folders(synthetic_root, tmp_path) -> tuple[Path, Path, dict[str, str]]:
     """query/ (3 images of different sizes and formats, one in a subfolder) and gallery/ (an exact copy of each query,
     nested, among 6 other images of other sizes, and a text file); returns the folders and {query: its copy}."""
     ltcc = synthetic_root / "target" / "LTCC_ReID"
-    queries, others = sorted((ltcc / "query").glob("*.png"))[::20][:3], sorted((ltcc / "test").glob("*.png"))[::50][:6]
+    queries, others = spread(sorted((ltcc / "query").glob("*.png")), 3), spread(sorted((ltcc / "test").glob("*.png")), 6)
     query_dir, gallery_dir = tmp_path / "query", tmp_path / "gallery"
     query_files = [query_dir / "a.png", query_dir / "b.jpg", query_dir / "sub" / "c.png"]
     for source, target, size in zip(queries, query_files, [None, (40, 90), (200, 410)]):

@@ -28,8 +28,9 @@ TOPS = (5, 7)
 
 
 @pytest.fixture(scope="session")
-def dataset(tmp_path_factory) -> Path:
-    return synthetic.generate(tmp_path_factory.mktemp("synthetic") / "small", seed=0)
+def dataset(small_preset_root) -> Path:
+    """The small preset, the generator's defaults: what these tests check (the other tests' dataset is smaller)."""
+    return small_preset_root
 
 
 @pytest.fixture(scope="session")

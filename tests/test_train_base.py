@@ -44,9 +44,9 @@ def test_checkpoint_tells_how_it_was_made(tiny_run):
     for checkpoint in (best, last):
         assert checkpoint["config"]["backbone"] == "resnet18" and checkpoint["config"]["epochs"] == 2
         assert checkpoint["arch"] == "base" and checkpoint["backbone"] == "resnet18"
-        assert checkpoint["classes"] == {"num_pids": 30, "num_clothes": 93, "num_original_clothes": 93}
+        assert checkpoint["classes"] == {"num_pids": 30, "num_clothes": 92, "num_original_clothes": 92}
         assert checkpoint["version"]["rlq"] == rlq.__version__
-        assert checkpoint["input_size"] == [64, 32]
+        assert checkpoint["input_size"] == [TINY_RUN["height"], TINY_RUN["width"]]
         assert checkpoint["config"]["mixed_precision"] == "auto" and checkpoint["mixed_precision"] == "no"  # auto on CPU: fp32
     assert last["epoch"] == 2 and "optimizer" in last and "rng" in last
     assert "optimizer" not in best  # best.pt is for evaluation: no training state
